@@ -1,0 +1,71 @@
+"""Command line: ``fanout run|validate|schema``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from fanout import __version__
+from fanout.errors import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fanout", description="Read DynamoDB Streams once, fan every change out to sinks."
+    )
+    parser.add_argument("--version", action="version", version=f"fanout {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the worker")
+    run.add_argument("--config", "-c", help="YAML config file (default: $FANOUT_CONFIG)")
+    run.add_argument("--log-format", choices=["json", "text"], help="override log_format")
+    validate = sub.add_parser("validate", help="check a config file without connecting")
+    validate.add_argument("--config", "-c", help="YAML config file (default: $FANOUT_CONFIG)")
+    sub.add_parser("schema", help="print the JSON Schema of the config file")
+    return parser
+
+
+def _config_error(exc: ConfigError) -> int:
+    print(f"fanout: invalid configuration:\n{exc}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "schema":
+        from fanout.schema import json_schema
+
+        sys.stdout.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+
+    from fanout.config import load_config
+
+    if not (args.config or os.environ.get("FANOUT_CONFIG")):
+        print("fanout: no config file: pass --config FILE or set FANOUT_CONFIG", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _config_error(exc)
+    if args.command == "validate":
+        print(f"ok: {len(config.streams)} stream(s), {len(config.sinks)} sink(s)")
+        return 0
+
+    import anyio
+
+    from fanout import logs
+    from fanout.app import Worker
+
+    settings = config.settings
+    logs.setup(args.log_format or settings.log_format, settings.log_level)
+    worker = Worker(config)
+    return anyio.run(worker.run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The composition root: builds every part from the config, runs them, shuts down in order.
+
+Shutdown (SIGTERM/SIGINT, or ``Worker.stop()``):
+  1. stop reading: every shard reader is cancelled, lanes get no new records;
+  2. drain: lanes deliver what they hold, for at most ``shutdown_grace`` seconds;
+  3. write checkpoints (shielded), so a restart resumes right after what was settled;
+  4. stop the sinks in reverse order of starting.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from fanout import __version__
+from fanout import dlq as dead_letters
+from fanout.checkpoint import SQLiteCheckpointStore
+from fanout.config import Config, SinkConfig
+from fanout.dispatch import Route
+from fanout.errors import FanoutError
+from fanout.filters import compile_filters
+from fanout.metrics import Metrics
+from fanout.retry import Backoff
+from fanout.shards import ReaderOptions, StreamWorker
+from fanout.sink import Sink, SinkContext
+from fanout.source import StreamsClient
+
+log = logging.getLogger("fanout.app")
+
+
+class Worker:
+    """One fanout process: every configured stream, sink and the checkpoint store."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        reader_options: ReaderOptions | None = None,
+        backoff: Backoff | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.metrics = metrics or Metrics()
+        self.reader_options = reader_options
+        self.backoff = backoff
+        self.handle_signals = handle_signals
+        self.store = SQLiteCheckpointStore(self.settings.checkpoints.path)
+        self.workers: list[StreamWorker] = []
+        self.sinks: dict[str, Sink] = {}
+        self.http_port: int | None = None
+        self.started = anyio.Event()
+        self._stop = anyio.Event()
+        self._fatal: BaseException | None = None
+        self.metrics.build_info.info({"version": __version__})
+
+    def stop(self) -> None:
+        """Ask for a graceful shutdown."""
+        self._stop.set()
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+        self._stop.set()
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _build_sinks(self) -> dict[str, Sink]:
+        from sinks import sink_type
+
+        sinks: dict[str, Sink] = {}
+        for name, cfg in self.config.sinks.items():
+            entry = sink_type(cfg.type)
+            assert entry is not None  # checked when the config was built
+            context = SinkContext(
+                metrics=self.metrics, logger=logging.getLogger(f"fanout.sink.{name}")
+            )
+            sinks[name] = entry.build(name, cfg, context)
+        return sinks
+
+    def _dead_letter(self, name: str, cfg: SinkConfig) -> dead_letters.DeadLetter:
+        dl = cfg.dead_letter
+        if dl.type == "sink":
+            assert dl.sink is not None
+            return dead_letters.SinkDeadLetter(self.sinks[dl.sink])
+        if dl.type == "sqs":
+            from fanout.sqs_dlq import SqsDeadLetter
+
+            assert dl.queue_url is not None
+            sqs: dead_letters.DeadLetter = SqsDeadLetter(
+                dl.queue_url,
+                region=dl.region,
+                endpoint_url=dl.endpoint_url,
+                overflow_dir=Path(self.settings.checkpoints.path).parent / "dlq-overflow",
+            )
+            return sqs
+        path = dl.path or str(Path(self.settings.checkpoints.path).parent / f"dlq-{name}.jsonl")
+        return dead_letters.FileDeadLetter(path)
+
+    def _routes(self) -> list[Route]:
+        routes = []
+        for name, cfg in self.config.sinks.items():
+            retry = cfg.retry
+            backoff = self.backoff or Backoff(retry.initial_backoff, retry.max_backoff)
+            routes.append(
+                Route(
+                    name=name,
+                    sink=self.sinks[name],
+                    config=cfg,
+                    predicate=compile_filters(cfg.filters, path=f"sinks.{name}.filters"),
+                    dead_letter=self._dead_letter(name, cfg),
+                    backoff=backoff,
+                    metrics=self.metrics,
+                )
+            )
+        return routes
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit code (0 on a clean stop)."""
+        try:
+            async with AsyncExitStack() as stack:
+                await self.store.open()
+                stack.push_async_callback(self.store.aclose)
+                clients: dict[tuple[str | None, str | None], StreamsClient] = {}
+                for stream in self.settings.streams.values():
+                    key = (stream.region, stream.endpoint_url)
+                    if key not in clients:
+                        client = await StreamsClient.create(
+                            region=stream.region, endpoint_url=stream.endpoint_url
+                        )
+                        await client.open()
+                        stack.push_async_callback(client.aclose)
+                        clients[key] = client
+                self.sinks = self._build_sinks()
+                for sink in self.sinks.values():
+                    stack.push_async_callback(sink.stop)
+                    await sink.start()
+                routes = self._routes()
+                for route in routes:
+                    stack.push_async_callback(route.dead_letter.aclose)
+                async with anyio.create_task_group() as services:
+                    if self.handle_signals:
+                        services.start_soon(self._watch_signals)
+                    if self.settings.http.enabled:
+                        from fanout.health import serve
+
+                        self.http_port = await services.start(serve, self)
+                    services.start_soon(self._checkpoint_loop)
+                    await self._read_and_drain(clients, routes)
+                    services.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await self._flush_checkpoints()
+                log.info("worker_stopped", extra={"reason": "fatal" if self._fatal else "stop"})
+        except FanoutError as exc:
+            log.error("worker_failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return 1
+        if self._fatal is not None:
+            log.error(
+                "worker_failed", extra={"error": f"{type(self._fatal).__name__}: {self._fatal}"}
+            )
+            return 1
+        return 0
+
+    async def _read_and_drain(
+        self, clients: dict[tuple[str | None, str | None], StreamsClient], routes: list[Route]
+    ) -> None:
+        grace = self.settings.shutdown_grace
+        drain = anyio.CancelScope()
+        with drain:
+            async with anyio.create_task_group() as lanes:
+                self.workers = [
+                    StreamWorker(
+                        name,
+                        cfg,
+                        clients[(cfg.region, cfg.endpoint_url)],
+                        self.store,
+                        routes,
+                        self.metrics,
+                        lanes,
+                        self.reader_options,
+                        on_fatal=self._on_fatal,
+                    )
+                    for name, cfg in self.settings.streams.items()
+                ]
+                async with anyio.create_task_group() as readers:
+                    for worker in self.workers:
+                        readers.start_soon(self._run_stream, worker, readers)
+                    self.started.set()
+                    log.info(
+                        "worker_started",
+                        extra={"streams": list(self.settings.streams), "sinks": list(self.sinks)},
+                    )
+                    await self._stop.wait()
+                    readers.cancel_scope.cancel()
+                log.info("draining", extra={"grace_s": grace})
+                drain.deadline = anyio.current_time() + grace
+        if drain.cancelled_caught:
+            log.warning("drain_timed_out", extra={"grace_s": grace})
+
+    async def _run_stream(self, worker: StreamWorker, readers: TaskGroup) -> None:
+        try:
+            await worker.run()
+        except FanoutError as exc:
+            log.error(
+                "stream_failed",
+                extra={"stream": worker.name, "error": f"{type(exc).__name__}: {exc}"},
+            )
+            self._on_fatal(exc)
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal_received", extra={"signal": signal.Signals(signum).name})
+                self.stop()
+
+    async def _checkpoint_loop(self) -> None:
+        interval = self.settings.checkpoints.interval
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self._flush_checkpoints()
+            except FanoutError as exc:
+                self.metrics.checkpoint_failures.inc()
+                log.error("checkpoint_failed", extra={"error": str(exc)})
+            self._update_gauges()
+
+    async def _flush_checkpoints(self) -> None:
+        rows: list[Any] = []
+        for worker in self.workers:
+            batch = worker.checkpoint_rows()
+            rows.extend(batch)
+            if batch:
+                self.metrics.checkpoints.labels(worker.name).inc(len(batch))
+        if not rows:
+            return
+        try:
+            await self.store.save(rows)
+        except FanoutError:
+            for worker in self.workers:  # write them again next time
+                for progress in worker.progress.values():
+                    progress.dirty = True
+            raise
+        self.metrics.last_checkpoint.set(time.time())
+
+    def _update_gauges(self) -> None:
+        stall = self.settings.http.stall_timeout
+        now = time.monotonic()
+        for worker in self.workers:
+            progresses = list(worker.progress.values())
+            pending = sum(t.pending for p in progresses for t in p.tickets)
+            self.metrics.in_flight.labels(worker.name).set(pending)
+            stalled = sum(1 for p in progresses if p.pending and now - p.last_progress > stall)
+            self.metrics.stalled_shards.labels(worker.name).set(stalled)
+            if progresses:
+                latest = max(p.last_progress for p in progresses)
+                self.metrics.last_progress.labels(worker.name).set(time.time() - (now - latest))
+
+    def stalled_shards(self) -> list[tuple[str, str, float]]:
+        """(stream, shard, seconds without progress) of shards stuck with pending records."""
+        stall = self.settings.http.stall_timeout
+        now = time.monotonic()
+        return [
+            (w.name, p.shard_id, now - p.last_progress)
+            for w in self.workers
+            for p in list(w.progress.values())
+            if p.pending and now - p.last_progress > stall
+        ]

@@ -1,0 +1,258 @@
+"""Progress per shard: the settled frontier in memory, and the SQLite checkpoint store.
+
+A shard's checkpoint is the highest sequence number such that every record up to it has
+been settled (delivered, filtered out or dead-lettered) for every sink it was routed to.
+Records arrive in pages; each page gets a ``Ticket`` counting the record deliveries still
+owed for it, and the frontier moves over tickets in page order only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from fanout.errors import CheckpointError
+
+
+class Ticket:
+    """One page of one shard: ``pending`` record deliveries are still owed for it."""
+
+    __slots__ = ("last_seq", "pending", "shard")
+
+    def __init__(self, shard: ShardProgress, last_seq: str) -> None:
+        self.shard = shard
+        self.last_seq = last_seq
+        # Starts at 1: the reader holds the ticket open until it has handed the page to
+        # every sink, so a quick sink cannot settle the page before a slow one received it.
+        self.pending = 1
+
+    def settle(self, count: int) -> None:
+        """``count`` deliveries of this page are done (delivered or dead-lettered)."""
+        self.pending -= count
+        if self.pending == 0:
+            self.shard.advance()
+
+
+class ShardProgress:
+    """The settled frontier of one shard, plus what is needed to notice a stall."""
+
+    __slots__ = (
+        "_drained",
+        "dirty",
+        "frontier",
+        "last_progress",
+        "shard_id",
+        "stream_arn",
+        "stream_name",
+        "tickets",
+    )
+
+    def __init__(
+        self, stream_name: str, stream_arn: str, shard_id: str, frontier: str | None
+    ) -> None:
+        self.stream_name = stream_name
+        self.stream_arn = stream_arn
+        self.shard_id = shard_id
+        self.frontier = frontier
+        self.tickets: deque[Ticket] = deque()
+        self.dirty = False
+        self.last_progress = time.monotonic()
+        self._drained: anyio.Event | None = None
+
+    def open(self, last_seq: str) -> Ticket:
+        ticket = Ticket(self, last_seq)
+        self.tickets.append(ticket)
+        return ticket
+
+    def advance(self) -> None:
+        tickets = self.tickets
+        moved = False
+        while tickets and tickets[0].pending == 0:
+            self.frontier = tickets.popleft().last_seq
+            moved = True
+        if moved:
+            self.dirty = True
+            self.last_progress = time.monotonic()
+            if not tickets and self._drained is not None:
+                self._drained.set()
+
+    @property
+    def pending(self) -> bool:
+        """True while some read record is not settled yet."""
+        return bool(self.tickets)
+
+    async def drained(self) -> None:
+        """Wait until every ticket handed out so far is settled."""
+        while self.tickets:
+            self._drained = anyio.Event()
+            await self._drained.wait()
+        self._drained = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    shard_id: str
+    sequence: str | None
+    finished: bool
+    updated_at: float
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    stream_arn TEXT NOT NULL,
+    shard_id TEXT NOT NULL,
+    sequence_number TEXT,
+    finished INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (stream_arn, shard_id)
+);
+CREATE TABLE IF NOT EXISTS stream_starts (
+    stream_arn TEXT PRIMARY KEY,
+    start_timestamp REAL NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+class SQLiteCheckpointStore:
+    """Checkpoints in one SQLite file (one worker). Safe against ``kill -9`` at any moment.
+
+    Writes are transactions in WAL mode with ``synchronous=FULL``: a checkpoint that
+    ``save()`` returned for is on disk, and a crash mid-write leaves the previous one.
+    Calls run in a worker thread so the event loop never waits on the disk.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        self._lock = anyio.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            try:
+                if self.path.parent != Path():
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(_SCHEMA)
+            except (sqlite3.Error, OSError) as exc:
+                raise CheckpointError(f"cannot open checkpoint store {self.path}: {exc}") from exc
+            self._db = db
+        return self._db
+
+    async def _run(self, fn: str, *args: object) -> object:
+        async with self._lock:
+            try:
+                return await anyio.to_thread.run_sync(getattr(self, fn), *args)
+            except sqlite3.Error as exc:
+                raise CheckpointError(f"checkpoint store {self.path}: {exc}") from exc
+
+    async def open(self) -> None:
+        await self._run("_connect")
+
+    async def aclose(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            async with self._lock:
+                await anyio.to_thread.run_sync(db.close)
+
+    # -- sync bodies (run in a thread) ------------------------------------------------------
+
+    def _load(self, stream_arn: str) -> dict[str, Checkpoint]:
+        rows = self._connect().execute(
+            "SELECT shard_id, sequence_number, finished, updated_at FROM checkpoints "
+            "WHERE stream_arn = ?",
+            (stream_arn,),
+        )
+        return {r[0]: Checkpoint(r[0], r[1], bool(r[2]), r[3]) for r in rows}
+
+    def _save(self, rows: list[tuple[str, str, str | None, bool]]) -> None:
+        db = self._connect()
+        now = time.time()
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT INTO checkpoints (stream_arn, shard_id, sequence_number, finished, "
+                "updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_arn, shard_id) DO UPDATE "
+                "SET sequence_number = COALESCE(excluded.sequence_number, sequence_number), "
+                "finished = MAX(finished, excluded.finished), updated_at = excluded.updated_at",
+                [(arn, shard, seq, int(fin), now) for arn, shard, seq, fin in rows],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _start(self, stream_arn: str, timestamp: float) -> tuple[float, bool]:
+        db = self._connect()
+        row = db.execute(
+            "SELECT start_timestamp FROM stream_starts WHERE stream_arn = ?", (stream_arn,)
+        ).fetchone()
+        if row is not None:
+            return float(row[0]), False
+        db.execute(
+            "INSERT INTO stream_starts (stream_arn, start_timestamp, created_at) VALUES (?, ?, ?)",
+            (stream_arn, timestamp, time.time()),
+        )
+        return timestamp, True
+
+    def _prune(self, stream_arn: str, keep: list[str]) -> int:
+        db = self._connect()
+        marks = ",".join("?" * len(keep)) or "''"
+        cursor = db.execute(
+            f"DELETE FROM checkpoints WHERE stream_arn = ? AND finished = 1 "  # noqa: S608
+            f"AND shard_id NOT IN ({marks})",
+            (stream_arn, *keep),
+        )
+        return cursor.rowcount
+
+    def _all(self) -> list[tuple[str, str, str | None, bool, float]]:
+        rows = self._connect().execute(
+            "SELECT stream_arn, shard_id, sequence_number, finished, updated_at FROM checkpoints "
+            "ORDER BY stream_arn, shard_id"
+        )
+        return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+    # -- async API --------------------------------------------------------------------------
+
+    async def load(self, stream_arn: str) -> dict[str, Checkpoint]:
+        """Every checkpoint of a stream, by shard id."""
+        result = await self._run("_load", stream_arn)
+        assert isinstance(result, dict)
+        return result
+
+    async def save(self, rows: list[tuple[str, str, str | None, bool]]) -> None:
+        """Write ``(stream_arn, shard_id, sequence, finished)`` rows in one transaction.
+
+        A ``None`` sequence keeps the stored one; ``finished`` never goes back to False.
+        """
+        if rows:
+            await self._run("_save", rows)
+
+    async def stream_start(self, stream_arn: str, timestamp: float) -> tuple[float, bool]:
+        """The stream's stored start time (for LATEST); stores ``timestamp`` on first call.
+
+        Returns:
+            ``(start_timestamp, created)``: created is True only for the very first call.
+        """
+        result = await self._run("_start", stream_arn, timestamp)
+        assert isinstance(result, tuple)
+        return result
+
+    async def prune(self, stream_arn: str, keep: list[str]) -> int:
+        """Delete finished checkpoints of shards not in ``keep`` (no longer listed)."""
+        result = await self._run("_prune", stream_arn, keep)
+        assert isinstance(result, int)
+        return result
+
+    async def all(self) -> list[tuple[str, str, str | None, bool, float]]:
+        result = await self._run("_all")
+        assert isinstance(result, list)
+        return result

@@ -1,0 +1,366 @@
+"""Configuration: a YAML file plus ``FANOUT_``-prefixed environment overrides (env wins).
+
+Sinks and streams are mappings keyed by name, so one environment variable can reach one sink
+(``FANOUT_SINKS__AUDIT__PATH=/tmp/a.jsonl``). Each sink's own options are validated by the
+config model of its type (see ``sinks.REGISTRY``); every error names the field path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from fanout.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds from a number or a string such as ``250ms``, ``30s``, ``5m``, ``6h``, ``1d``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30s'")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(
+                f"invalid duration {value!r}: use seconds or a number with ms, s, m, h or d"
+            )
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+# Float seconds; -1 means "unbounded" where a field says so.
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Model(BaseModel):
+    """Base for every config model: unknown keys are errors (typos fail at start-up)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StreamConfig(Model):
+    """One DynamoDB stream to read."""
+
+    table: str | None = Field(None, description="Table name; its latest stream is read.")
+    stream_arn: str | None = Field(None, description="Stream ARN (instead of `table`).")
+    region: str | None = Field(None, description="AWS region; default from the environment.")
+    endpoint_url: str | None = Field(
+        None, description="DynamoDB endpoint, e.g. http://127.0.0.1:8000 for DynamoDB Local."
+    )
+    starting_position: Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"] = Field(
+        "TRIM_HORIZON",
+        description="Where a shard without a checkpoint starts. LATEST is resolved once, at "
+        "first start, and stored, so restarts never skip records.",
+    )
+    starting_timestamp: float | None = Field(
+        None, description="Epoch seconds, with starting_position AT_TIMESTAMP."
+    )
+    on_data_loss: Literal["resume_trim_horizon", "fail"] = Field(
+        "resume_trim_horizon",
+        description="What to do when records were trimmed before they could be read.",
+    )
+    max_idle_interval: Duration = Field(
+        2.0, gt=0, description="Longest wait between GetRecords calls on an idle shard."
+    )
+    discovery_interval: Duration = Field(
+        60.0, gt=0, description="How often DescribeStream is re-read to find new shards."
+    )
+    max_shards: int = Field(1000, ge=1, description="Shards read concurrently at most.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StreamConfig:
+        if (self.table is None) == (self.stream_arn is None):
+            raise ValueError("set exactly one of 'table' or 'stream_arn'")
+        if self.starting_position == "AT_TIMESTAMP" and self.starting_timestamp is None:
+            raise ValueError("starting_position AT_TIMESTAMP needs 'starting_timestamp'")
+        return self
+
+
+class CheckpointConfig(Model):
+    """Where progress is stored."""
+
+    store: Literal["sqlite"] = Field("sqlite", description="Checkpoint store.")
+    path: str = Field("./fanout.db", description="SQLite database file.")
+    interval: Duration = Field(
+        5.0,
+        gt=0,
+        description="Checkpoints are written at most this often (and at shard end and shutdown).",
+    )
+
+
+class RetryConfig(Model):
+    """Bounded retries for one sink."""
+
+    max_attempts: int = Field(
+        10, description="Attempts per record before it is dead-lettered; -1 for unbounded."
+    )
+    max_record_age: Duration = Field(
+        6 * 3600.0, description="Records older than this are dead-lettered; -1 for unbounded."
+    )
+    initial_backoff: Duration = Field(0.1, ge=0, description="First retry delay.")
+    max_backoff: Duration = Field(30.0, ge=0, description="Longest retry delay.")
+    bisect_on_error: bool = Field(
+        True, description="Split a batch that fails as a whole to isolate a poison record."
+    )
+
+    @field_validator("max_attempts")
+    @classmethod
+    def _attempts(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("must be at least 1, or -1 for unbounded")
+        return value
+
+    @field_validator("max_record_age")
+    @classmethod
+    def _age(cls, value: float) -> float:
+        if value <= 0 and value != -1:
+            raise ValueError("must be positive, or -1 for unbounded")
+        return value
+
+
+class DeadLetterConfig(Model):
+    """Where records go that a sink gave up on."""
+
+    type: Literal["file", "sqs", "sink"] = Field("file", description="Destination kind.")
+    path: str | None = Field(
+        None,
+        description="JSON lines file (type file); default: dlq-<sink>.jsonl next to the "
+        "checkpoint database.",
+    )
+    queue_url: str | None = Field(None, description="SQS queue URL (type sqs).")
+    region: str | None = None
+    endpoint_url: str | None = None
+    sink: str | None = Field(None, description="Another configured sink (type sink).")
+
+    @model_validator(mode="after")
+    def _needs(self) -> DeadLetterConfig:
+        if self.type == "sqs" and not self.queue_url:
+            raise ValueError("type sqs needs 'queue_url'")
+        if self.type == "sink" and not self.sink:
+            raise ValueError("type sink needs 'sink'")
+        return self
+
+
+class SinkConfig(Model):
+    """Options every sink has; each sink type extends this with its own."""
+
+    type: str = Field(description="Sink type, e.g. handler, file, stdout.")
+    streams: list[str] | None = Field(
+        None, description="Streams feeding this sink (names); default all."
+    )
+    filters: list[dict[str, Any]] | None = Field(
+        None, description="Lambda/EventBridge filter patterns, OR-ed; default: everything."
+    )
+    batch_size: int = Field(100, ge=1, le=10_000, description="Records per send at most.")
+    batch_window: Duration = Field(
+        0.0, ge=0, le=300, description="Seconds to wait for a fuller batch."
+    )
+    parallelization_factor: int = Field(
+        1, ge=1, le=10, description="Concurrent batches per shard (per item key ordered)."
+    )
+    max_buffered_records: int = Field(
+        10_000,
+        ge=1,
+        description="Records buffered per shard for this sink before the shard's reader waits.",
+    )
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+
+
+class HttpConfig(Model):
+    """The metrics and health endpoint."""
+
+    enabled: bool = True
+    host: str = Field("0.0.0.0", description="Listen address.")  # noqa: S104 - a container port
+    port: int = Field(9090, ge=0, le=65535, description="Listen port (0 picks a free one).")
+    stall_timeout: Duration = Field(
+        300.0,
+        gt=0,
+        description="A shard with pending records and no progress for this long "
+        "makes /readyz fail.",
+    )
+
+
+def _is_str_mapping(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FANOUT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    streams: dict[str, StreamConfig] = Field(description="Streams to read, by name.")
+    sinks: dict[str, dict[str, Any]] = Field(
+        description="Sinks by name; each has a `type` and that type's options."
+    )
+    checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    shutdown_grace: Duration = Field(
+        30.0, ge=0, description="Seconds in-flight batches get to finish on SIGTERM."
+    )
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+    @field_validator("streams", "sinks")
+    @classmethod
+    def _not_empty(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError("define at least one")
+        return value
+
+
+class Config:
+    """Validated settings plus each sink's typed config."""
+
+    def __init__(self, settings: Settings, sinks: dict[str, SinkConfig]) -> None:
+        self.settings = settings
+        self.sinks = sinks
+
+    @property
+    def streams(self) -> dict[str, StreamConfig]:
+        return self.settings.streams
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _substitute(value: Any, path: str, env: dict[str, str]) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of the parsed YAML."""
+    if isinstance(value, str):
+
+        def repl(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(path, f"environment variable {name} is not set")
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def _loc(prefix: str, loc: tuple[int | str, ...]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path = f"{path}.{part}" if path else part
+    return path
+
+
+def _from_validation_error(exc: ValidationError, prefix: str = "") -> ConfigError:
+    lines = []
+    for error in exc.errors():
+        # Drop pydantic's "function-after[...]" style loc parts of model validators.
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{_loc(prefix, loc)}: {message}")
+    first = exc.errors()[0]
+    path = _loc(prefix, tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p)))
+    err = ConfigError(path, "; ".join(lines))
+    err.args = ("\n".join(lines),)
+    return err
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse the YAML config file and substitute ``${VAR}`` references."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {file}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{file} is not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not _is_str_mapping(data):
+        raise ConfigError("", f"{file} must hold a mapping at the top level")
+    result: dict[str, Any] = _substitute(data, "", dict(os.environ))
+    return result
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """Validate raw settings (YAML data; the environment overrides it) into a Config."""
+    from fanout import filters
+    from sinks import sink_type
+
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise _from_validation_error(exc) from None
+
+    sink_configs: dict[str, SinkConfig] = {}
+    for name, raw in settings.sinks.items():
+        prefix = f"sinks.{name}"
+        kind = raw.get("type")
+        if not isinstance(kind, str):
+            raise ConfigError(f"{prefix}.type", "missing sink type")
+        entry = sink_type(kind)
+        if entry is None:
+            raise ConfigError(f"{prefix}.type", f"unknown sink type {kind!r}")
+        try:
+            cfg = entry.config.model_validate(raw)
+        except ValidationError as exc:
+            raise _from_validation_error(exc, prefix) from None
+        for stream in cfg.streams or ():
+            if stream not in settings.streams:
+                raise ConfigError(f"{prefix}.streams", f"unknown stream {stream!r}")
+        if cfg.filters is not None:
+            filters.compile_filters(cfg.filters, path=f"{prefix}.filters")
+        dl = cfg.dead_letter
+        if dl.type == "sink" and (dl.sink not in settings.sinks or dl.sink == name):
+            raise ConfigError(f"{prefix}.dead_letter.sink", f"unknown sink {dl.sink!r}")
+        entry.check(name, cfg, prefix)
+        sink_configs[name] = cfg
+    return Config(settings, sink_configs)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read the YAML file (``path`` or ``$FANOUT_CONFIG``), apply the environment, validate."""
+    path = path or os.environ.get("FANOUT_CONFIG")
+    data = read_yaml(path) if path else {}
+    return build_config(data)
