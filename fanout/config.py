@@ -115,8 +115,8 @@ class RetryConfig(Model):
     max_record_age: Duration = Field(
         6 * 3600.0, description="Records older than this are dead-lettered; -1 for unbounded."
     )
-    initial_backoff: Duration = Field(0.1, ge=0, description="First retry delay.")
-    max_backoff: Duration = Field(30.0, ge=0, description="Longest retry delay.")
+    initial_backoff: Duration = Field(1.0, ge=0, description="First retry delay (ceiling).")
+    max_backoff: Duration = Field(60.0, ge=0, description="Longest retry delay.")
     bisect_on_error: bool = Field(
         True, description="Split a batch that fails as a whole to isolate a poison record."
     )

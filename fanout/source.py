@@ -212,7 +212,8 @@ class StreamsClient:
         answer = await self.call(_DYNAMODB + "DescribeTable", {"TableName": table})
         desc = answer.get("Table", {})
         arn = desc.get("LatestStreamArn")
-        enabled = desc.get("StreamSpecification", {}).get("StreamEnabled", bool(arn))
+        # A disabled stream keeps LatestStreamArn but loses StreamSpecification.
+        enabled = desc.get("StreamSpecification", {}).get("StreamEnabled", False)
         if not arn or not enabled:
             raise StreamNotFound(f"table {table!r} has no stream enabled", code="NoStream")
         return str(arn)
