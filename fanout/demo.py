@@ -77,7 +77,7 @@ async def _write_changes(client: Any, rate: float) -> None:
                 Item={
                     "pk": {"S": key},
                     "status": {"S": STATUSES[step]},
-                    "total": {"N": str(10 + (n * 37) % 500)},
+                    "total": {"N": str(10 + (int(key.rsplit("-", 1)[1]) * 37) % 500)},
                     "items": {"L": [{"S": "book"}, {"S": "pen"}][: 1 + step % 2]},
                 },
             )
