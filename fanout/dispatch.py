@@ -2,17 +2,42 @@
 
 A ``Route`` is a configured sink with its filter, retry policy and dead-letter destination.
 For every shard it reads, the worker opens one ``Lane`` per route: records of that shard
-for that sink, in stream order, buffered up to a bound (the shard's reader waits when the
-bound is reached, so a slow sink slows its shards instead of growing memory).
+for that sink, in stream order, at most ``max_buffered_records`` of them at a time (the
+shard's reader waits when the bound is reached, so a slow sink slows its shards instead of
+growing memory).
 
 Delivery of one batch ends only when every record in it is settled: delivered, or
 written to the dead-letter destination. Then the lane settles the batch's tickets, which
 is what lets the shard's checkpoint move.
+
+When a send fails, the batch goes through retry *rounds* separated by backoff (full
+jitter). Within a round:
+
+* a send that raises fails all its records; with ``bisect_on_error`` it is split in halves,
+  sent at once, until the failing record is alone (at most ``ceil(log2(n)) + 1`` sends
+  contain it per round). An ordered sink stops at the first failing half: the records after
+  it wait. After a whole-send failure in a round with no success yet, an unordered sink
+  sends the other halves whole instead of splitting them further, so an outage costs a
+  handful of calls per round, not one per record;
+* per-record answers are honoured: delivered records are done, permanent failures go to the
+  dead-letter destination at once, retryable ones are sent again next round (for an ordered
+  sink, with every later record of the batch);
+* a record is given up on (dead-lettered) once it failed ``max_attempts`` rounds or is older
+  than ``max_record_age``. For an ordered sink only the first failing record of an answer
+  counts an attempt; once it is given up, the records behind it are sent again at once.
+
+A record running out of attempts (``max_attempts``) in a round in which the sink did nothing
+right means the sink is *down*, not one record. From then on, until a send succeeds, a send
+that fails as a whole is given up at once, without bisection or backoff: its records have
+waited through a whole retry budget already. This keeps a sink that is down from holding its
+shards back for longer than one retry budget, so the other sinks of the shard keep flowing;
+the first successful send ends it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,10 +58,28 @@ log = logging.getLogger("fanout.dispatch")
 
 Predicate = Callable[[Record], bool]
 
+# Error classes stored with dead-lettered records that did not fail with an exception.
+RETRYABLE_FAILURE = "SinkFailure"
+PERMANENT_FAILURE = "Rejected"
+MALFORMED_RECORD = "MalformedRecord"
+_DOWN_NOTE = (
+    "gave up without further retries: the sink failed every call since a retry budget ran out"
+)
+
 
 @dataclass(eq=False)
 class Route:
-    """One sink as the dispatcher sees it."""
+    """One sink as the dispatcher sees it.
+
+    Attributes:
+        name: the sink's configured name.
+        sink: the sink itself.
+        config: its options (batching, retry policy, dead-letter destination).
+        predicate: its compiled filter; None lets every record through.
+        dead_letter: where records it gives up on are written.
+        backoff: the retry timing (its ``sleep`` is what tests replace).
+        metrics: the metric families.
+    """
 
     name: str
     sink: Sink
@@ -47,8 +90,49 @@ class Route:
     metrics: Metrics
 
     def feeds(self, stream: str) -> bool:
+        """True when records of ``stream`` are routed to this sink."""
         streams = self.config.streams
         return streams is None or stream in streams
+
+
+def malformed(record: Any) -> str | None:
+    """Why ``record`` cannot be delivered (no ``dynamodb.Keys`` or ``SequenceNumber``), or None."""
+    if not isinstance(record, dict):
+        return f"record is a {type(record).__name__}, not an object"
+    ddb = record.get("dynamodb")
+    if not isinstance(ddb, dict):
+        return "record has no 'dynamodb' object"
+    seq = ddb.get("SequenceNumber")
+    if not isinstance(seq, str) or not seq:
+        return "record has no dynamodb.SequenceNumber"
+    keys = ddb.get("Keys")
+    if not isinstance(keys, dict) or not keys:
+        return "record has no dynamodb.Keys"
+    return None
+
+
+def _all_well_formed(records: list[Record]) -> bool:
+    """The hot path's one cheap check per record: ``dynamodb.Keys`` and ``SequenceNumber``."""
+    try:
+        for record in records:
+            ddb = record["dynamodb"]
+            if not (ddb["Keys"] and ddb["SequenceNumber"]):
+                return False
+    except (KeyError, TypeError):
+        return False
+    return True
+
+
+class _Round:
+    """Bookkeeping of one retry round of one batch (see the module docstring)."""
+
+    __slots__ = ("blind", "blocked", "give_ups", "progress")
+
+    def __init__(self) -> None:
+        self.progress = False  # some send of this round was answered sensibly
+        self.blind = False  # a send failed as a whole before anything succeeded
+        self.blocked = False  # ordered: a retained failure holds back the rest
+        self.give_ups: list[tuple[int, str, str]] = []  # (index in batch, class, message)
 
 
 class Lane:
@@ -57,7 +141,7 @@ class Lane:
     def __init__(self, route: Route, progress: ShardProgress, capacity: int | None = None) -> None:
         self.route = route
         self.progress = progress
-        self.capacity = capacity or route.config.max_buffered_records
+        self.capacity = max(1, capacity or route.config.max_buffered_records)
         self._queue: deque[tuple[Ticket, list[Record]]] = deque()
         self._queued = 0  # records in _queue
         self._buffered = 0  # records in _queue or being delivered
@@ -65,6 +149,8 @@ class Lane:
         self._wakeup = anyio.Event()
         self._space = anyio.Event()
         self._first_arrival = 0.0
+        self._down = False  # the sink failed every call since a retry budget ran out
+        self._announced = False  # the current down period was logged
         stream, sink = progress.stream_name, route.name
         m = route.metrics
         self._delivered = m.sink_records.labels(stream, sink, "delivered")
@@ -79,13 +165,30 @@ class Lane:
 
     @property
     def buffered(self) -> int:
+        """Records queued or being delivered (never more than ``capacity``)."""
         return self._buffered
 
+    @property
+    def sink_down(self) -> bool:
+        """True while the sink is taken to be down (see the module docstring)."""
+        return self._down
+
     async def put(self, ticket: Ticket, records: list[Record]) -> None:
-        """Queue records (already counted in ``ticket.pending``); waits while the lane is full."""
-        while self._buffered >= self.capacity and not self._closed:
+        """Queue records (already counted in ``ticket.pending``); waits while the lane is full.
+
+        A page larger than the free room is queued in parts, so the lane never holds more
+        than ``capacity`` records.
+        """
+        while len(records) > self.capacity - self._buffered and not self._closed:
+            room = self.capacity - self._buffered
+            if room > 0:
+                self._append(ticket, records[:room])
+                records = records[room:]
             self._space = anyio.Event()
             await self._space.wait()
+        self._append(ticket, records)
+
+    def _append(self, ticket: Ticket, records: list[Record]) -> None:
         if not self._queue:
             self._first_arrival = time.monotonic()
         self._queue.append((ticket, records))
@@ -109,9 +212,9 @@ class Lane:
                     return
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
-            if window > 0 and self._queued < batch_size and not self._closed:
+            if window > 0 and self._waits_for_more(batch_size):
                 remaining = self._first_arrival + window - time.monotonic()
-                while remaining > 0 and self._queued < batch_size and not self._closed:
+                while remaining > 0 and self._waits_for_more(batch_size):
                     self._wakeup = anyio.Event()
                     with anyio.move_on_after(remaining):
                         await self._wakeup.wait()
@@ -122,6 +225,10 @@ class Lane:
                 ticket.settle(count)
             self._buffered -= len(batch)
             self._space.set()
+
+    def _waits_for_more(self, batch_size: int) -> bool:
+        # A full lane gets nothing more until it delivers: waiting for the window is useless.
+        return self._queued < batch_size and self._buffered < self.capacity and not self._closed
 
     def _take(self, size: int) -> tuple[list[Record], list[tuple[Ticket, int]]]:
         queue = self._queue
@@ -161,9 +268,11 @@ class Lane:
         self._send_seconds.observe(time.perf_counter() - started)
         return failures, None
 
-    def _count_delivered(self, batch: Sequence[Record], failed: int) -> None:
-        self._delivered.inc(len(batch) - failed)
-        created = approximate_creation_time(batch[0])
+    def _count_delivered(self, count: int, sample: Record) -> None:
+        if count <= 0:
+            return
+        self._delivered.inc(count)
+        created = approximate_creation_time(sample)
         if created is not None:
             self._lag.observe(max(0.0, time.time() - created))
 
@@ -171,7 +280,8 @@ class Lane:
         """Return once every record of ``batch`` is delivered or dead-lettered."""
         failures, exc = await self._attempt(batch)
         if exc is None and not failures:
-            self._count_delivered(batch, 0)
+            self._down = False
+            self._count_delivered(len(batch), batch[0])
             return
         await self._recover(batch, failures, exc)
 
@@ -180,134 +290,321 @@ class Lane:
     ) -> None:
         """The slow path: retry rounds with backoff, bisection, dead-letters.
 
-        ``rounds`` counts the backoff rounds this batch has waited through; every record
-        still in the batch has waited through them, so a record's attempts are
-        ``rounds + 1``. Bisection sends halves at once (no wait): it needs a working sink
-        to isolate a poison record. When the budget is spent and nothing succeeded since
-        the last round (the sink is down, not one record), pieces are dead-lettered whole.
+        ``failures``/``exc`` are the answer to the first send of the whole batch. Pieces are
+        lists of indices into ``batch``, in stream order; ``tries[i]`` counts the rounds in
+        which record ``i`` failed.
         """
         policy = self.route.config.retry
+        bisect = policy.bisect_on_error
         ordered = self.route.sink.ordered
-        pieces: deque[list[Record]] = deque([batch])
+        size = len(batch)
+        tries = [0] * size
+        first_failed = [0.0] * size
+        pending: deque[list[int]] = deque([list(range(size))])
         known: tuple[Failures, BaseException | None] | None = (failures, exc)
         rounds = 0
-        first_failure = time.time()
-        success_since_round = False
-        while pieces:
-            piece = pieces[0]
-            if known is None:
-                failures, exc = await self._attempt(piece)
-            else:
-                (failures, exc), known = known, None
-            if exc is None and not failures:
-                pieces.popleft()
-                success_since_round = True
-                self._count_delivered(piece, 0)
-                continue
-            exhausted = policy.max_attempts != -1 and rounds + 1 >= policy.max_attempts
-            error_class = "SinkFailure"
-            if exc is not None:
-                self._log_failure(piece, exc)
-                down = exhausted and not success_since_round
-                if policy.bisect_on_error and len(piece) > 1 and not down:
-                    middle = len(piece) // 2
-                    pieces.popleft()
-                    pieces.appendleft(piece[middle:])
-                    pieces.appendleft(piece[:middle])
+        while True:
+            work, pending = pending, deque()
+            state = _Round()
+            while work:
+                piece = work.popleft()
+                if state.blocked:
+                    pending.append(piece)
                     continue
-                error_class = type(exc).__name__
-                reason = f"{error_class}: {exc}" if str(exc) else error_class
-                failures = {i: Failure(True, reason) for i in range(len(piece))}
-            else:
-                success_since_round = True
-
-            now = time.time()
-            give_up: dict[int, tuple[str, str]] = {}
-            retry: list[int] = []
-            for index in sorted(failures):
-                failure = failures[index]
-                if not failure.retryable:
-                    give_up[index] = ("Rejected", failure.reason)
-                elif exhausted:
-                    give_up[index] = (
-                        error_class,
-                        f"{failure.reason} (gave up after {rounds + 1} attempts)",
-                    )
-                elif self._too_old(piece[index], now):
-                    give_up[index] = (
-                        error_class,
-                        f"{failure.reason} (record older than max_record_age)",
-                    )
+                if known is not None:
+                    (failures, exc), known = known, None
                 else:
-                    retry.append(index)
-            if ordered and retry:
-                # A failed record holds back every later record of the batch.
-                retry = [i for i in range(retry[0], len(piece)) if i not in give_up]
-            settled_ok = len(piece) - len(give_up) - len(retry)
-            if settled_ok:
-                self._count_delivered(piece, len(piece) - settled_ok)
-            if give_up:
-                entries = [
-                    dead_letters.entry(
-                        record=piece[i],
-                        sink=self.route.name,
-                        stream=self.progress.stream_name,
-                        stream_arn=self.progress.stream_arn,
-                        shard_id=self.progress.shard_id,
-                        error_class=cls,
-                        error_message=message,
-                        attempts=rounds + 1,
-                        first_failure_at=first_failure,
-                        last_failure_at=now,
+                    failures, exc = await self._attempt([batch[i] for i in piece])
+                if exc is None:
+                    if failures and (min(failures) < 0 or max(failures) >= len(piece)):
+                        failures = {k: v for k, v in failures.items() if 0 <= k < len(piece)}
+                    if not failures:
+                        state.progress = True
+                        self._down = False
+                        self._count_delivered(len(piece), batch[piece[0]])
+                        continue
+                else:
+                    self._log_failure(batch, piece, exc)
+                    if (
+                        bisect
+                        and len(piece) > 1
+                        and not self._down
+                        and (state.progress or not state.blind)
+                    ):
+                        middle = len(piece) // 2
+                        work.appendleft(piece[middle:])
+                        work.appendleft(piece[:middle])
+                        continue
+                    if not state.progress:
+                        state.blind = True
+                    error_class = type(exc).__name__
+                    reason = f"{error_class}: {exc}" if str(exc) else error_class
+                    failure = Failure(True, reason)
+                    self._fail_whole(
+                        batch,
+                        piece,
+                        tries,
+                        first_failed,
+                        state,
+                        pending,
+                        error_class,
+                        dict.fromkeys(range(len(piece)), failure),
                     )
-                    for i, (cls, message) in sorted(give_up.items())
-                ]
-                await self._dead_letter(entries)
-            if retry:
-                pieces[0] = [piece[i] for i in retry]
-                rounds += 1
-                success_since_round = False
-                self._retries.inc()
-                self._retried.inc(len(retry))
-                delay = self.route.backoff.delay(rounds)
-                log.warning(
-                    "batch_retrying",
-                    extra=self._fields(
-                        piece[retry[0]],
-                        records=len(retry),
-                        attempt=rounds + 1,
-                        delay_s=round(delay, 3),
-                        reason=failures[retry[0]].reason if retry[0] in failures else "ordered",
-                    ),
+                    continue
+                healthy = len(failures) < len(piece) or any(
+                    not f.retryable for f in failures.values()
                 )
-                await self.route.backoff.sleep(delay)
+                if healthy:
+                    state.progress = True
+                    self._down = False
+                if not healthy and (self._down or not ordered):
+                    self._fail_whole(
+                        batch,
+                        piece,
+                        tries,
+                        first_failed,
+                        state,
+                        pending,
+                        RETRYABLE_FAILURE,
+                        failures,
+                    )
+                elif ordered:
+                    resend = self._classify_ordered(
+                        batch, piece, failures, tries, first_failed, state, pending
+                    )
+                    if resend:
+                        work.appendleft(resend)
+                else:
+                    self._classify_unordered(
+                        batch, piece, failures, tries, first_failed, state, pending
+                    )
+            if state.give_ups:
+                await self._dead_letter(
+                    self._entries(batch, state.give_ups, tries, first_failed, time.time())
+                )
+            if not pending:
+                return
+            rounds += 1
+            retrying = sum(len(p) for p in pending)
+            self._retries.inc()
+            self._retried.inc(retrying)
+            delay = self.route.backoff.delay(rounds)
+            head = pending[0][0]
+            log.warning(
+                "batch_retrying",
+                extra=self._fields(
+                    batch[head],
+                    records=retrying,
+                    attempt=tries[head] + 1,
+                    round=rounds + 1,
+                    delay_s=round(delay, 3),
+                ),
+            )
+            await self.route.backoff.sleep(delay)
+
+    # -- classifying one answer ---------------------------------------------------------------
+
+    @property
+    def _max_attempts(self) -> float:
+        attempts = self.route.config.retry.max_attempts
+        return math.inf if attempts == -1 else attempts
+
+    def _spent(self, record: Record, attempts: int, now: float) -> str | None:
+        """Why a record's retry budget is spent after ``attempts`` failed rounds, or None."""
+        policy = self.route.config.retry
+        if policy.max_attempts != -1 and attempts >= policy.max_attempts:
+            return f"gave up after {attempts} attempts"
+        limit = policy.max_record_age
+        if limit != -1:
+            created = approximate_creation_time(record)
+            if created is not None and now - created > limit:
+                return f"record older than max_record_age ({limit:g}s)"
+        return None
+
+    def _fail_whole(
+        self,
+        batch: list[Record],
+        piece: list[int],
+        tries: list[int],
+        first_failed: list[float],
+        state: _Round,
+        pending: deque[list[int]],
+        error_class: str,
+        failures: Failures,
+    ) -> None:
+        """Every record of ``piece`` failed (``failures`` holds a retryable one for each,
+        maybe a permanent one for some): count the attempt, give up or keep each."""
+        now = time.time()
+        spent: dict[int, str] = {}
+        for position, i in enumerate(piece):
+            tries[i] += 1
+            if not first_failed[i]:
+                first_failed[i] = now
+            why = self._spent(batch[i], tries[i], now)
+            if why is not None:
+                spent[position] = why
+        if not state.progress and any(tries[i] >= self._max_attempts for i in piece):
+            self._mark_down()
+        keep: list[int] = []
+        for position, i in enumerate(piece):
+            failure = failures[position]
+            if not failure.retryable:
+                state.give_ups.append((i, PERMANENT_FAILURE, failure.reason))
+            elif position in spent:
+                state.give_ups.append((i, error_class, f"{failure.reason} ({spent[position]})"))
+            elif self._down:
+                self._announce_down(batch[i])
+                state.give_ups.append((i, error_class, f"{failure.reason} ({_DOWN_NOTE})"))
             else:
-                pieces.popleft()
+                keep.append(i)
+        if keep:
+            pending.append(keep)
+            if self.route.sink.ordered:
+                state.blocked = True
 
-    def _too_old(self, record: Record, now: float) -> bool:
-        limit = self.route.config.retry.max_record_age
-        if limit == -1:
-            return False
-        created = approximate_creation_time(record)
-        return created is not None and now - created > limit
+    def _classify_unordered(
+        self,
+        batch: list[Record],
+        piece: list[int],
+        failures: Failures,
+        tries: list[int],
+        first_failed: list[float],
+        state: _Round,
+        pending: deque[list[int]],
+    ) -> None:
+        now = time.time()
+        keep: list[int] = []
+        for position in sorted(failures):
+            failure = failures[position]
+            i = piece[position]
+            if not failure.retryable:
+                state.give_ups.append((i, PERMANENT_FAILURE, failure.reason))
+                continue
+            tries[i] += 1
+            if not first_failed[i]:
+                first_failed[i] = now
+            why = self._spent(batch[i], tries[i], now)
+            if why is not None:
+                state.give_ups.append((i, RETRYABLE_FAILURE, f"{failure.reason} ({why})"))
+            else:
+                keep.append(i)
+        self._count_delivered(len(piece) - len(failures), batch[piece[0]])
+        if keep:
+            pending.append(keep)
 
-    async def _dead_letter(self, entries: list[dict[str, Any]]) -> None:
+    def _classify_ordered(
+        self,
+        batch: list[Record],
+        piece: list[int],
+        failures: Failures,
+        tries: list[int],
+        first_failed: list[float],
+        state: _Round,
+        pending: deque[list[int]],
+    ) -> list[int] | None:
+        """Records before the first retryable failure are delivered; that one counts an
+        attempt. If it is kept, it and every later record wait for the next round; if it
+        is given up, the later records are returned to be sent again at once (their answers
+        only echoed the failure in front of them). Permanent failures are given up anyway.
+        """
+        now = time.time()
+        positions = sorted(failures)
+        first = next((p for p in positions if failures[p].retryable), None)
+        for position in positions:
+            failure = failures[position]
+            if not failure.retryable:
+                state.give_ups.append((piece[position], PERMANENT_FAILURE, failure.reason))
+        if first is None:  # only permanent failures: everything else was delivered
+            self._count_delivered(len(piece) - len(failures), batch[piece[0]])
+            return None
+        self._count_delivered(first - sum(1 for p in positions if p < first), batch[piece[0]])
+        i = piece[first]
+        tries[i] += 1
+        if not first_failed[i]:
+            first_failed[i] = now
+        rest = [
+            piece[p]
+            for p in range(first + 1, len(piece))
+            if p not in failures or failures[p].retryable
+        ]
+        why = self._spent(batch[i], tries[i], now)
+        if why is None:
+            pending.append([i, *rest])
+            state.blocked = True
+            return None
+        if not state.progress and tries[i] >= self._max_attempts:
+            self._mark_down()
+        state.give_ups.append((i, RETRYABLE_FAILURE, f"{failures[first].reason} ({why})"))
+        return rest or None
+
+    def _mark_down(self) -> None:
+        if not self._down:
+            self._down = True
+            self._announced = False
+
+    def _announce_down(self, record: Record) -> None:
+        if not self._announced:
+            self._announced = True
+            log.error(
+                "sink_down",
+                extra=self._fields(
+                    record,
+                    note="every call failed since a retry budget ran out; records of sends "
+                    "that fail as a whole are dead-lettered without retries until one succeeds",
+                ),
+            )
+
+    def _entries(
+        self,
+        batch: list[Record],
+        give_ups: list[tuple[int, str, str]],
+        tries: list[int],
+        first_failed: list[float],
+        now: float,
+    ) -> list[dead_letters.Entry]:
+        progress = self.progress
+        return [
+            dead_letters.entry(
+                record=batch[i],
+                sink=self.route.name,
+                stream=progress.stream_name,
+                stream_arn=progress.stream_arn,
+                shard_id=progress.shard_id,
+                error_class=error_class,
+                error_message=message,
+                attempts=max(1, tries[i]),
+                first_failure_at=first_failed[i] or now,
+                last_failure_at=now,
+            )
+            for i, error_class, message in sorted(give_ups)
+        ]
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    async def _dead_letter(self, entries: list[dead_letters.Entry]) -> None:
         """Write entries to the dead-letter destination; keep trying until it works.
 
-        Nothing is dropped: while the destination fails, this shard does not advance.
+        Nothing is dropped: while the destination fails, this lane's batch is not settled,
+        so the shard's checkpoint does not advance past it.
         """
         attempt = 0
+        remaining = entries
         while True:
             try:
-                await self.route.dead_letter.write(entries)
+                await self.route.dead_letter.write(remaining)
             except Exception as exc:  # noqa: BLE001 - whatever broke, the record stays unsettled
                 attempt += 1
+                if isinstance(exc, dead_letters.PartialDeadLetterError) and exc.remaining:
+                    left = {id(e) for e in exc.remaining}
+                    stored = [e for e in remaining if id(e) not in left]
+                    self._count_dead_lettered(stored)
+                    remaining = exc.remaining
                 self._dlq_failures.inc()
                 log.error(
                     "dead_letter_failed",
                     extra=self._fields(
-                        entries[0]["record"],
-                        records=len(entries),
+                        remaining[0]["record"],
+                        records=len(remaining),
                         destination=self.route.dead_letter.name,
                         error=f"{type(exc).__name__}: {exc}",
                         attempt=attempt,
@@ -316,32 +613,41 @@ class Lane:
                 )
                 await self.route.backoff.wait(min(attempt, 8))
                 continue
-            self._dlq_writes.inc(len(entries))
-            self._dead_lettered.inc(len(entries))
-            for item in entries:
-                log.error(
-                    "record_dead_lettered",
-                    extra=self._fields(
-                        item["record"],
-                        destination=self.route.dead_letter.name,
-                        error=item["error"]["message"],
-                        attempts=item["attempts"],
-                    ),
-                )
+            self._count_dead_lettered(remaining)
             return
 
-    def _log_failure(self, piece: Sequence[Record], exc: BaseException) -> None:
+    def _count_dead_lettered(self, entries: list[dead_letters.Entry]) -> None:
+        if not entries:
+            return
+        self._dlq_writes.inc(len(entries))
+        self._dead_lettered.inc(len(entries))
+        for item in entries:
+            log.error(
+                "record_dead_lettered",
+                extra=self._fields(
+                    item["record"],
+                    destination=self.route.dead_letter.name,
+                    error_class=item["error"]["class"],
+                    error=item["error"]["message"],
+                    attempts=item["attempts"],
+                ),
+            )
+
+    def _log_failure(self, batch: list[Record], piece: list[int], exc: BaseException) -> None:
         log.warning(
             "sink_send_failed",
-            extra=self._fields(piece[0], records=len(piece), error=f"{type(exc).__name__}: {exc}"),
+            extra=self._fields(
+                batch[piece[0]], records=len(piece), error=f"{type(exc).__name__}: {exc}"
+            ),
         )
 
-    def _fields(self, record: Record, **more: Any) -> dict[str, Any]:
+    def _fields(self, record: Any, **more: Any) -> dict[str, Any]:
+        ddb = record.get("dynamodb") if isinstance(record, dict) else None
         return {
             "stream": self.progress.stream_name,
             "shard": self.progress.shard_id,
             "sink": self.route.name,
-            "seq": record.get("dynamodb", {}).get("SequenceNumber"),
+            "seq": ddb.get("SequenceNumber") if isinstance(ddb, dict) else None,
             **more,
         }
 
@@ -359,9 +665,11 @@ class KeyedLane:
 
     @property
     def buffered(self) -> int:
+        """Records queued or being delivered, over every lane."""
         return sum(lane.buffered for lane in self.lanes)
 
     async def put(self, ticket: Ticket, records: list[Record]) -> None:
+        """Split ``records`` by item key over the lanes (waits while one is full)."""
         factor = len(self.lanes)
         parts: list[list[Record]] = [[] for _ in range(factor)]
         for record in records:
@@ -371,10 +679,12 @@ class KeyedLane:
                 await lane.put(ticket, part)
 
     def close(self) -> None:
+        """No more records will come."""
         for lane in self.lanes:
             lane.close()
 
     async def run(self) -> None:
+        """Run every lane until closed and drained."""
         async with anyio.create_task_group() as tg:
             for lane in self.lanes:
                 tg.start_soon(lane.run)
@@ -384,6 +694,7 @@ AnyLane = Lane | KeyedLane
 
 
 def open_lane(route: Route, progress: ShardProgress) -> AnyLane:
+    """A ``Lane``, or a ``KeyedLane`` when the route's ``parallelization_factor`` is above 1."""
     factor = route.config.parallelization_factor
     return Lane(route, progress) if factor == 1 else KeyedLane(route, progress, factor)
 
@@ -402,8 +713,15 @@ class ShardDispatch:
 
     async def submit(self, records: list[Record], last_seq: str) -> None:
         """Hand a page to every sink. ``records`` may be fewer than the page (skipped ones);
-        ``last_seq`` is the page's last sequence number, settled once all are delivered."""
+        ``last_seq`` is the page's last sequence number, settled once all are delivered.
+
+        Malformed records (no ``dynamodb.Keys`` or ``SequenceNumber``) are written to every
+        routed sink's dead-letter destination, with the reason, before the page can settle;
+        the others go on.
+        """
         ticket = self.progress.open(last_seq)
+        if not _all_well_formed(records):
+            records = await self._set_aside_malformed(records)
         for route, lane, filtered in zip(self.routes, self.lanes, self._filtered, strict=True):
             predicate = route.predicate
             matched = records if predicate is None else [r for r in records if predicate(r)]
@@ -414,11 +732,46 @@ class ShardDispatch:
                 await lane.put(ticket, matched)
         ticket.settle(1)  # release the reader's hold
 
+    async def _set_aside_malformed(self, records: list[Record]) -> list[Record]:
+        good: list[Record] = []
+        bad: list[tuple[Record, str]] = []
+        for record in records:
+            reason = malformed(record)
+            if reason is None:
+                good.append(record)
+            else:
+                bad.append((record, reason))
+        now = time.time()
+        progress = self.progress
+        for lane in self.lanes:
+            first = lane if isinstance(lane, Lane) else lane.lanes[0]
+            for record, reason in bad:
+                log.error("record_malformed", extra=first._fields(record, reason=reason))
+            entries = [
+                dead_letters.entry(
+                    record=record,
+                    sink=first.route.name,
+                    stream=progress.stream_name,
+                    stream_arn=progress.stream_arn,
+                    shard_id=progress.shard_id,
+                    error_class=MALFORMED_RECORD,
+                    error_message=reason,
+                    attempts=0,
+                    first_failure_at=now,
+                    last_failure_at=now,
+                )
+                for record, reason in bad
+            ]
+            await first._dead_letter(entries)
+        return good
+
     def close(self) -> None:
+        """No more pages will come; the lanes return once drained."""
         for lane in self.lanes:
             lane.close()
 
     async def run(self) -> None:
+        """Run every lane until closed and drained."""
         async with anyio.create_task_group() as tg:
             for lane in self.lanes:
                 tg.start_soon(lane.run)
