@@ -1,0 +1,96 @@
+"""The sqs dead-letter destination against moto's SQS server."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from fanout.errors import DeadLetterError
+from fanout.sqs_dlq import OVERFLOW_KEY, SQS_MAX_MESSAGE_BYTES, SqsDeadLetter, load_body
+from tests.unit.test_sqs_dlq import make_entries
+
+pytestmark = pytest.mark.integration
+
+
+def receive_all(sqs_client, url: str) -> list[str]:
+    bodies: list[str] = []
+    while True:
+        answer = sqs_client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        messages = answer.get("Messages", [])
+        if not messages:
+            return bodies
+        for m in messages:
+            bodies.append(m["Body"])
+            sqs_client.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+
+async def test_entries_arrive_whole_in_the_queue(moto_server, sqs_queue, sqs_client, tmp_path):
+    url = sqs_queue()
+    dl = SqsDeadLetter(
+        url, region="us-east-1", endpoint_url=moto_server.endpoint_url, overflow_dir=tmp_path
+    )
+    entries = make_entries(25, pad=2000)
+    try:
+        await dl.write(entries)
+    finally:
+        await dl.aclose()
+    bodies = receive_all(sqs_client, url)
+    received = sorted((load_body(b)[0] for b in bodies), key=lambda e: e["sequence_number"])
+    assert received == entries
+    assert dl.limit == SQS_MAX_MESSAGE_BYTES
+
+
+async def test_an_oversized_entry_goes_through_the_overflow_path(
+    moto_server, sqs_queue, sqs_client, tmp_path
+):
+    url = sqs_queue(MaximumMessageSize="2048")  # the queue's own, lower, limit
+    dl = SqsDeadLetter(
+        url, region="us-east-1", endpoint_url=moto_server.endpoint_url, overflow_dir=tmp_path / "o"
+    )
+    small = make_entries(1)[0]
+    big = make_entries(2, pad=50_000)[1]
+    try:
+        await dl.write([small, big])
+    finally:
+        await dl.aclose()
+    assert dl.limit == 2048
+    bodies = receive_all(sqs_client, url)
+    assert len(bodies) == 2
+    pointers = [orjson.loads(b) for b in bodies if OVERFLOW_KEY in orjson.loads(b)]
+    assert len(pointers) == 1
+    assert pointers[0]["sequence_number"] == big["sequence_number"]
+    loaded = {load_body(b)[0]["sequence_number"]: load_body(b) for b in bodies}
+    whole, path = loaded[big["sequence_number"]]
+    assert whole == big
+    assert path is not None
+    assert path.exists()
+    assert loaded[small["sequence_number"]] == (small, None)
+
+
+async def test_an_entry_larger_than_the_sqs_limit_is_never_truncated(
+    moto_server, sqs_queue, sqs_client, tmp_path
+):
+    url = sqs_queue()
+    dl = SqsDeadLetter(
+        url, region="us-east-1", endpoint_url=moto_server.endpoint_url, overflow_dir=tmp_path
+    )
+    huge = make_entries(1, pad=SQS_MAX_MESSAGE_BYTES + 10)[0]
+    try:
+        await dl.write([huge])
+    finally:
+        await dl.aclose()
+    (body,) = receive_all(sqs_client, url)
+    assert len(body) < 4096
+    assert load_body(body)[0] == huge
+
+
+async def test_a_missing_queue_fails_the_write(moto_server, tmp_path):
+    url = f"{moto_server.endpoint_url}/000000000000/no-such-queue"
+    dl = SqsDeadLetter(
+        url, region="us-east-1", endpoint_url=moto_server.endpoint_url, overflow_dir=tmp_path
+    )
+    try:
+        with pytest.raises(DeadLetterError):
+            await dl.write(make_entries(1))
+    finally:
+        await dl.aclose()
