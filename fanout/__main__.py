@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config file without connecting")
     validate.add_argument("--config", "-c", help="YAML config file (default: $FANOUT_CONFIG)")
     sub.add_parser("schema", help="print the JSON Schema of the config file")
+    from fanout import dlqcli
+
+    dlqcli.add_parser(sub)
     return parser
 
 
@@ -42,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sys.stdout.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
+    if args.command == "dlq":
+        from fanout import dlqcli
+
+        return dlqcli.run(args)
 
     from fanout.config import load_config
 
