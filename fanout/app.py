@@ -19,7 +19,6 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from fanout import __version__
 from fanout import dlq as dead_letters
 from fanout.checkpoint import SQLiteCheckpointStore
 from fanout.config import Config, SinkConfig
@@ -60,11 +59,19 @@ class Worker:
         self.started = anyio.Event()
         self._stop = anyio.Event()
         self._fatal: BaseException | None = None
-        self.metrics.build_info.info({"version": __version__})
+        streams = list(self.settings.streams)
+        self.metrics.declare(
+            streams, {name: cfg.streams or streams for name, cfg in config.sinks.items()}
+        )
 
     def stop(self) -> None:
         """Ask for a graceful shutdown."""
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a shutdown was asked for."""
+        return self._stop.is_set()
 
     def _on_fatal(self, exc: BaseException) -> None:
         if self._fatal is None:
@@ -236,12 +243,14 @@ class Worker:
 
     async def _flush_checkpoints(self) -> None:
         rows: list[Any] = []
+        written: dict[str, int] = {}
         for worker in self.workers:
             batch = worker.checkpoint_rows()
             rows.extend(batch)
             if batch:
-                self.metrics.checkpoints.labels(worker.name).inc(len(batch))
+                written[worker.name] = len(batch)
         if not rows:
+            self.metrics.checkpoint_current()
             return
         try:
             await self.store.save(rows)
@@ -250,7 +259,9 @@ class Worker:
                 for progress in worker.progress.values():
                     progress.dirty = True
             raise
-        self.metrics.last_checkpoint.set(time.time())
+        for name, count in written.items():
+            self.metrics.checkpoints.labels(name).inc(count)
+        self.metrics.checkpoint_current()
 
     def _update_gauges(self) -> None:
         stall = self.settings.http.stall_timeout
@@ -262,8 +273,8 @@ class Worker:
             stalled = sum(1 for p in progresses if p.pending and now - p.last_progress > stall)
             self.metrics.stalled_shards.labels(worker.name).set(stalled)
             if progresses:
-                latest = max(p.last_progress for p in progresses)
-                self.metrics.last_progress.labels(worker.name).set(time.time() - (now - latest))
+                oldest = min(p.last_progress for p in progresses)
+                self.metrics.progress_age.labels(worker.name).set(max(0.0, now - oldest))
 
     def stalled_shards(self) -> list[tuple[str, str, float]]:
         """(stream, shard, seconds without progress) of shards stuck with pending records."""

@@ -1,8 +1,22 @@
-"""The HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz`` (alive), ``/readyz`` (working)."""
+"""The HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz`` (alive), ``/readyz`` (working).
+
+``/healthz`` answers 200 whenever the event loop runs: a liveness probe that fails only when
+the process is wedged. ``/readyz`` answers 200 only while the worker is doing its job, and
+503 with the reasons as JSON otherwise:
+
+* ``starting`` / ``stopping``: before the shard readers run, or once a shutdown began;
+* ``checkpoint_store``: the store did not answer a cheap query within ``_STORE_TIMEOUT_S``;
+* ``streams_not_ready``: a stream was never resolved and listed;
+* ``streams_unreachable``: a stream's latest shard discovery failed, or none succeeded for
+  more than two discovery intervals (plus the request timeout);
+* ``stalled_shards``: a shard with pending records made no progress for longer than
+  ``http.stall_timeout`` (a sink blocks, or the dead-letter destination keeps failing).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -10,18 +24,72 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from fanout.errors import FanoutError
+
 if TYPE_CHECKING:
     from fanout.app import Worker
 
+# A SQLite query on the primary key answers in microseconds; a store that takes longer than
+# this is wedged (a stuck disk) or held by a long write, and the pod should not get traffic.
+_STORE_TIMEOUT_S = 2.0
+# Slack on top of two discovery intervals before a stream counts as unreachable: one
+# DescribeStream round can take up to a request timeout per page.
+_DISCOVERY_SLACK_S = 60.0
+# The stream ARN used for the store probe: no such stream exists, so the query reads no rows.
+_PROBE_ARN = "fanout:readiness-probe"
 
-def readiness(worker: Worker) -> tuple[bool, dict[str, object]]:
-    """Ready when every stream is resolved and listed, and no shard is stalled."""
-    problems: dict[str, object] = {}
-    if not worker.started.is_set():
-        problems["starting"] = True
+
+async def store_problem(worker: Worker) -> str | None:
+    """None when the checkpoint store answers a cheap query in time, else why not."""
+    try:
+        with anyio.fail_after(_STORE_TIMEOUT_S):
+            await worker.store.load(_PROBE_ARN)
+    except TimeoutError:
+        return f"no answer within {_STORE_TIMEOUT_S:g}s"
+    except FanoutError as exc:
+        return str(exc)
+    return None
+
+
+def stream_problems(worker: Worker, now: float | None = None) -> dict[str, Any]:
+    """Streams never listed, and streams whose discovery failed or is overdue."""
+    now = time.monotonic() if now is None else now
+    problems: dict[str, Any] = {}
     not_ready = [w.name for w in worker.workers if not w.ready]
     if not_ready:
         problems["streams_not_ready"] = not_ready
+    unreachable = []
+    for w in worker.workers:
+        if not w.ready:
+            continue
+        if w.discovery_error is not None:
+            unreachable.append({"stream": w.name, "error": w.discovery_error})
+            continue
+        overdue = 2 * w.config.discovery_interval + _DISCOVERY_SLACK_S
+        if w.discovered_at is not None and now - w.discovered_at > overdue:
+            unreachable.append(
+                {
+                    "stream": w.name,
+                    "error": f"no successful discovery for {now - w.discovered_at:.0f}s",
+                }
+            )
+    if unreachable:
+        problems["streams_unreachable"] = unreachable
+    return problems
+
+
+async def readiness(worker: Worker) -> tuple[bool, dict[str, Any]]:
+    """``(ready, problems)``: ready when started, the store and streams answer, no stall."""
+    problems: dict[str, Any] = {}
+    if not worker.started.is_set():
+        problems["starting"] = True
+        return False, problems
+    if worker.stopping:
+        problems["stopping"] = True
+    store = await store_problem(worker)
+    if store is not None:
+        problems["checkpoint_store"] = store
+    problems.update(stream_problems(worker))
     stalled = worker.stalled_shards()
     if stalled:
         problems["stalled_shards"] = [
@@ -32,6 +100,9 @@ def readiness(worker: Worker) -> tuple[bool, dict[str, object]]:
 
 def make_app(worker: Worker) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
+        # Gauges derived from the shards' state are refreshed on every scrape, not only
+        # on the checkpoint loop's beat.
+        worker._update_gauges()
         body = generate_latest(worker.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -40,7 +111,7 @@ def make_app(worker: Worker) -> web.Application:
         return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
     async def readyz(request: web.Request) -> web.Response:
-        ok, problems = readiness(worker)
+        ok, problems = await readiness(worker)
         body = orjson.dumps({"status": "ready" if ok else "not_ready", **problems})
         return web.Response(body=body, status=200 if ok else 503, content_type="application/json")
 

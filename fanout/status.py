@@ -1,0 +1,293 @@
+"""``fanout status``: shards, checkpoints, checkpoint age and dead-letter counts, offline.
+
+Everything comes from the checkpoint store and the dead-letter files named in the config;
+nothing talks to AWS, so it works next to a running worker (SQLite in WAL mode lets a
+reader in while the worker writes) and when the stream is unreachable.
+
+The age of a shard's checkpoint is how long ago it last moved. It bounds the lag from
+above: on a busy shard a large age means the worker is behind or stuck, on a quiet shard
+it grows while nothing is pending (checkpoints are written only when they move).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from fanout.errors import ConfigError, FanoutError
+
+if TYPE_CHECKING:
+    from fanout.config import Config
+
+EXIT_OK = 0
+EXIT_NO_STORE = 1
+EXIT_CONFIG = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStatus:
+    stream: str
+    stream_arn: str
+    shard_id: str
+    state: str  # "open" (being read or to be read) or "finished"
+    sequence_number: str | None
+    updated_at: float
+    checkpoint_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    stream: str
+    source: str  # table name or stream ARN from the config
+    shards: int
+    open_shards: int
+    finished_shards: int
+    max_checkpoint_age_s: float | None  # over open shards
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterStatus:
+    sink: str
+    type: str
+    destination: str
+    records: int | None  # None where it cannot be counted offline (sqs, sink)
+    last_written_at: float | None
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``status`` sub-command to ``fanout``'s sub-parsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "status",
+        help="show shards, checkpoints, checkpoint age and dead-letter counts",
+        description="Read the checkpoint store and dead-letter files of a config and print "
+        "shards, checkpoints, checkpoint age and dead-letter counts. Makes no AWS calls.",
+    )
+    parser.add_argument("--config", "-c", help="YAML config file (default: $FANOUT_CONFIG)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return parser
+
+
+def _stream_of(arn: str, config: Config) -> str | None:
+    for name, stream in config.streams.items():
+        if stream.stream_arn is not None and stream.stream_arn == arn:
+            return name
+        if stream.table is not None and f":table/{stream.table}/stream/" in arn:
+            return name
+    return None
+
+
+def count_lines(path: Path) -> int:
+    """Newline-terminated lines of ``path`` (one dead-letter entry each)."""
+    count = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            count += chunk.count(b"\n")
+    return count
+
+
+def dead_letters(config: Config) -> list[DeadLetterStatus]:
+    """Every sink's dead-letter destination, with the number of entries where countable."""
+    result = []
+    store_dir = Path(config.settings.checkpoints.path).parent
+    for name, cfg in config.sinks.items():
+        dl = cfg.dead_letter
+        if dl.type == "file":
+            # The same default the worker uses: next to the checkpoint database.
+            path = Path(dl.path) if dl.path else store_dir / f"dlq-{name}.jsonl"
+            try:
+                records: int | None = count_lines(path)
+                last: float | None = path.stat().st_mtime
+            except FileNotFoundError:
+                records, last = 0, None
+            result.append(DeadLetterStatus(name, "file", str(path), records, last))
+        elif dl.type == "sqs":
+            result.append(
+                DeadLetterStatus(name, "sqs", _without_credentials(dl.queue_url), None, None)
+            )
+        else:
+            result.append(DeadLetterStatus(name, "sink", f"sink:{dl.sink}", None, None))
+    return result
+
+
+def _without_credentials(url: str | None) -> str:
+    from fanout.logs import REDACTOR
+
+    return REDACTOR.redact(url or "")
+
+
+def collect(config: Config, now: float | None = None) -> dict[str, Any]:
+    """The whole status as plain data (what ``--json`` prints).
+
+    Raises:
+        FileNotFoundError: there is no checkpoint store yet.
+        CheckpointError: the store cannot be read.
+    """
+    import anyio
+
+    from fanout.checkpoint import SQLiteCheckpointStore
+
+    now = time.time() if now is None else now
+    path = Path(config.settings.checkpoints.path)
+    if not path.exists():
+        raise FileNotFoundError(str(path))
+
+    async def read() -> list[tuple[str, str, str | None, bool, float]]:
+        store = SQLiteCheckpointStore(path)
+        try:
+            return await store.all()
+        finally:
+            await store.aclose()
+
+    rows = anyio.run(read)
+    shards = []
+    for arn, shard_id, seq, finished, updated_at in rows:
+        stream = _stream_of(arn, config) or "(not configured)"
+        shards.append(
+            ShardStatus(
+                stream=stream,
+                stream_arn=arn,
+                shard_id=shard_id,
+                state="finished" if finished else "open",
+                sequence_number=seq,
+                updated_at=updated_at,
+                checkpoint_age_s=round(max(0.0, now - updated_at), 3),
+            )
+        )
+    order = {name: i for i, name in enumerate(config.streams)}
+    shards.sort(key=lambda s: (order.get(s.stream, len(order)), s.stream_arn, s.shard_id))
+    streams = []
+    for name, cfg in config.streams.items():
+        mine = [s for s in shards if s.stream == name]
+        open_ages = [s.checkpoint_age_s for s in mine if s.state == "open"]
+        streams.append(
+            StreamStatus(
+                stream=name,
+                source=cfg.stream_arn or f"table {cfg.table}",
+                shards=len(mine),
+                open_shards=len(open_ages),
+                finished_shards=len(mine) - len(open_ages),
+                max_checkpoint_age_s=max(open_ages) if open_ages else None,
+            )
+        )
+    return {
+        "checkpoint_store": str(path),
+        "generated_at": now,
+        "streams": [asdict(s) for s in streams],
+        "shards": [asdict(s) for s in shards],
+        "dead_letters": [asdict(d) for d in dead_letters(config)],
+    }
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def render(status: dict[str, Any]) -> str:
+    """The status as text tables."""
+    out = [f"checkpoint store: {status['checkpoint_store']}", ""]
+    out.append(
+        _table(
+            ["STREAM", "SOURCE", "SHARDS", "OPEN", "FINISHED", "MAX CHECKPOINT AGE"],
+            [
+                [
+                    s["stream"],
+                    s["source"],
+                    str(s["shards"]),
+                    str(s["open_shards"]),
+                    str(s["finished_shards"]),
+                    _age(s["max_checkpoint_age_s"]),
+                ]
+                for s in status["streams"]
+            ],
+        )
+    )
+    out.append("")
+    out.append(
+        _table(
+            ["STREAM", "SHARD", "STATE", "SEQUENCE NUMBER", "CHECKPOINT AGE"],
+            [
+                [
+                    s["stream"],
+                    s["shard_id"],
+                    s["state"],
+                    s["sequence_number"] or "-",
+                    _age(s["checkpoint_age_s"]),
+                ]
+                for s in status["shards"]
+            ],
+        )
+    )
+    out.append("")
+    out.append(
+        _table(
+            ["SINK", "DEAD LETTERS", "RECORDS", "LAST WRITTEN"],
+            [
+                [
+                    d["sink"],
+                    d["destination"],
+                    "n/a" if d["records"] is None else str(d["records"]),
+                    "-"
+                    if d["last_written_at"] is None
+                    else _age(status["generated_at"] - d["last_written_at"]) + " ago",
+                ]
+                for d in status["dead_letters"]
+            ],
+        )
+    )
+    return "\n".join(out) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the status of the config in ``args.config`` (or ``$FANOUT_CONFIG``)."""
+    from fanout.config import load_config
+
+    path = args.config or os.environ.get("FANOUT_CONFIG")
+    if not path:
+        print("fanout: no config file: pass --config FILE or set FANOUT_CONFIG", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"fanout: invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        status = collect(config)
+    except FileNotFoundError as exc:
+        print(
+            f"fanout: no checkpoint store at {exc}: the worker has not run with this config yet",
+            file=sys.stderr,
+        )
+        return EXIT_NO_STORE
+    except FanoutError as exc:
+        print(f"fanout: cannot read the checkpoint store: {exc}", file=sys.stderr)
+        return EXIT_NO_STORE
+    if args.json:
+        sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(render(status))
+    return EXIT_OK
