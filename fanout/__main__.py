@@ -1,4 +1,4 @@
-"""Command line: ``fanout run|validate|schema``."""
+"""Command line: ``fanout run|validate|status|schema``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from fanout import __version__
+from fanout import __version__, status
 from fanout.errors import ConfigError
 
 EXIT_CONFIG = 2
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     from fanout import dlqcli
 
     dlqcli.add_parser(sub)
+    status.add_parser(sub)
     return parser
 
 
@@ -49,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fanout import dlqcli
 
         return dlqcli.run(args)
+    if args.command == "status":
+        return status.run(args)
 
     from fanout.config import load_config
 
@@ -70,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fanout.runtime import tune_gc
 
     settings = config.settings
-    logs.setup(args.log_format or settings.log_format, settings.log_level)
+    config_path = args.config or os.environ.get("FANOUT_CONFIG")
+    secrets = logs.config_secrets(config, config_path)
+    logs.setup(args.log_format or settings.log_format, settings.log_level, secrets=secrets)
     worker = Worker(config)
     tune_gc()
     return anyio.run(worker.run)
