@@ -27,11 +27,14 @@ jitter). Within a round:
   counts an attempt; once it is given up, the records behind it are sent again at once.
 
 A record running out of attempts (``max_attempts``) in a round in which the sink did nothing
-right means the sink is *down*, not one record. From then on, until a send succeeds, a send
-that fails as a whole is given up at once, without bisection or backoff: its records have
-waited through a whole retry budget already. This keeps a sink that is down from holding its
-shards back for longer than one retry budget, so the other sinks of the shard keep flowing;
-the first successful send ends it.
+right makes the sink *suspected down*. Two more sends of other records failing as a whole
+(an exception, or every record failed: for an ordered sink only when that send held one
+record, since its answer after the first failure says nothing) with nothing succeeding in
+between make it *down*: from then on, until a send succeeds, a send that fails as a whole is
+given up at once, without bisection or backoff, since its records have waited through a
+whole retry budget already. This keeps a sink that is down from holding its shards back for
+much longer than one retry budget, so the other sinks of those shards keep flowing; a poison
+record alone never makes a sink count as down, and the first successful send ends it.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ Predicate = Callable[[Record], bool]
 RETRYABLE_FAILURE = "SinkFailure"
 PERMANENT_FAILURE = "Rejected"
 MALFORMED_RECORD = "MalformedRecord"
+_DOWN = 3  # strikes (see Lane._strikes) that make a sink count as down
 _DOWN_NOTE = (
     "gave up without further retries: the sink failed every call since a retry budget ran out"
 )
@@ -149,7 +153,9 @@ class Lane:
         self._wakeup = anyio.Event()
         self._space = anyio.Event()
         self._first_arrival = 0.0
-        self._down = False  # the sink failed every call since a retry budget ran out
+        # 0: the sink works; 1: a budget ran out while every call failed (suspected down);
+        # each later whole-send failure of other records adds one; DOWN and above: down.
+        self._strikes = 0
         self._announced = False  # the current down period was logged
         stream, sink = progress.stream_name, route.name
         m = route.metrics
@@ -171,7 +177,7 @@ class Lane:
     @property
     def sink_down(self) -> bool:
         """True while the sink is taken to be down (see the module docstring)."""
-        return self._down
+        return self._strikes >= _DOWN
 
     async def put(self, ticket: Ticket, records: list[Record]) -> None:
         """Queue records (already counted in ``ticket.pending``); waits while the lane is full.
@@ -280,7 +286,7 @@ class Lane:
         """Return once every record of ``batch`` is delivered or dead-lettered."""
         failures, exc = await self._attempt(batch)
         if exc is None and not failures:
-            self._down = False
+            self._strikes = 0
             self._count_delivered(len(batch), batch[0])
             return
         await self._recover(batch, failures, exc)
@@ -320,7 +326,7 @@ class Lane:
                         failures = {k: v for k, v in failures.items() if 0 <= k < len(piece)}
                     if not failures:
                         state.progress = True
-                        self._down = False
+                        self._strikes = 0
                         self._count_delivered(len(piece), batch[piece[0]])
                         continue
                 else:
@@ -328,7 +334,7 @@ class Lane:
                     if (
                         bisect
                         and len(piece) > 1
-                        and not self._down
+                        and self._strikes < _DOWN
                         and (state.progress or not state.blind)
                     ):
                         middle = len(piece) // 2
@@ -356,8 +362,8 @@ class Lane:
                 )
                 if healthy:
                     state.progress = True
-                    self._down = False
-                if not healthy and (self._down or not ordered):
+                    self._strikes = 0
+                if not healthy and (self._strikes >= _DOWN or not ordered or len(piece) == 1):
                     self._fail_whole(
                         batch,
                         piece,
@@ -435,6 +441,8 @@ class Lane:
         """Every record of ``piece`` failed (``failures`` holds a retryable one for each,
         maybe a permanent one for some): count the attempt, give up or keep each."""
         now = time.time()
+        if self._strikes:  # another send failing as a whole since the budget ran out
+            self._strikes += 1
         spent: dict[int, str] = {}
         for position, i in enumerate(piece):
             tries[i] += 1
@@ -444,7 +452,7 @@ class Lane:
             if why is not None:
                 spent[position] = why
         if not state.progress and any(tries[i] >= self._max_attempts for i in piece):
-            self._mark_down()
+            self._suspect_down()
         keep: list[int] = []
         for position, i in enumerate(piece):
             failure = failures[position]
@@ -452,7 +460,7 @@ class Lane:
                 state.give_ups.append((i, PERMANENT_FAILURE, failure.reason))
             elif position in spent:
                 state.give_ups.append((i, error_class, f"{failure.reason} ({spent[position]})"))
-            elif self._down:
+            elif self._strikes >= _DOWN:
                 self._announce_down(batch[i])
                 state.give_ups.append((i, error_class, f"{failure.reason} ({_DOWN_NOTE})"))
             else:
@@ -533,13 +541,13 @@ class Lane:
             state.blocked = True
             return None
         if not state.progress and tries[i] >= self._max_attempts:
-            self._mark_down()
+            self._suspect_down()
         state.give_ups.append((i, RETRYABLE_FAILURE, f"{failures[first].reason} ({why})"))
         return rest or None
 
-    def _mark_down(self) -> None:
-        if not self._down:
-            self._down = True
+    def _suspect_down(self) -> None:
+        if not self._strikes:
+            self._strikes = 1
             self._announced = False
 
     def _announce_down(self, record: Record) -> None:

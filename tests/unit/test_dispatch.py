@@ -18,6 +18,7 @@ from fanout.metrics import Metrics
 from fanout.records import Record, deserialize_image
 from fanout.sink import Failure, Failures
 from tests.unit.delivery_fakes import (
+    Behaviour,
     Events,
     MemoryDeadLetter,
     ScriptedSink,
@@ -35,7 +36,7 @@ class Boom(Exception):
     pass
 
 
-def raise_if_contains(*bad: str):
+def raise_if_contains(*bad: str) -> Behaviour:
     def behaviour(batch: Sequence[Record]) -> Failures:
         if any(r["dynamodb"]["SequenceNumber"] in bad for r in batch):
             raise Boom("poison")
@@ -125,7 +126,7 @@ async def test_two_poison_records_next_to_each_other_are_both_isolated():
 # -- per-record retries --------------------------------------------------------------------
 
 
-def fail_times(times: dict[str, int], *, retryable: bool = True):
+def fail_times(times: dict[str, int], *, retryable: bool = True) -> Behaviour:
     """Fail each listed sequence number that many times (per-record answers)."""
     left = dict(times)
 
@@ -313,9 +314,10 @@ async def test_an_outage_past_the_budget_dead_letters_exactly_the_affected_recor
     assert sorted(dlq.seqs()) == seqs(during_outage)
     assert len(dlq.seqs()) == len(set(dlq.seqs()))
     assert seqs(sink.delivered) == seqs(after)
-    # Quickly: only the first batch waits through its retry rounds; once its budget is
-    # spent with every call failing, later batches are given up on their first failed call.
-    assert len(sink.events.sleeps) == 3
+    # Quickly: only the first batch waits through its retry rounds (an ordered sink one more,
+    # to see a second record fail before the sink counts as down); after that, later
+    # batches are given up on their first failed call.
+    assert len(sink.events.sleeps) == (4 if ordered else 3)
     assert outage.failed <= 4 * 2 * (math.ceil(math.log2(100)) + 1) + 9
     assert shard.frontier == seq_of(1199)
     messages = {e["error"]["message"] for e in dlq.entries}
@@ -539,3 +541,30 @@ async def test_ticket_frontier_moves_page_by_page():
     await run_pages([route], [[rec(i) for i in range(4)], [rec(4)]], shard=shard)
     assert shard.frontier == seq_of(4)
     assert not shard.tickets
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_poison_records_and_transient_failures_never_pass_for_an_outage(ordered):
+    # A poison record closing a batch leaves nothing to prove the sink works; the next
+    # batches (another poison record, a transient failure in front) must still get their
+    # own budget and bisection, not be dead-lettered as if the sink were down.
+    poisons = {seq_of(9), seq_of(15), seq_of(29)}
+    flaky = fail_times({seq_of(20): 1, seq_of(30): 2})
+
+    def behaviour(batch: Sequence[Record]) -> Failures:
+        if poisons & set(seqs(batch)):
+            raise Boom("poison")
+        return flaky(batch)
+
+    records = [rec(i) for i in range(40)]
+    sink = ScriptedSink(ordered=ordered, behaviour=behaviour)
+    dlq = MemoryDeadLetter()
+    route = make_route(sink, dlq, batch_size=10, retry={"max_attempts": 3})
+    shard = await run_pages([route], pages_of(records, 10))
+    assert sorted(dlq.seqs()) == sorted(poisons)
+    assert all("gave up after 3 attempts" in e["error"]["message"] for e in dlq.entries)
+    delivered = seqs(sink.delivered)
+    assert sorted(delivered) == sorted(s for s in seqs(records) if s not in poisons)
+    if ordered:
+        assert delivered == [s for s in seqs(records) if s not in poisons]
+    assert shard.frontier == seq_of(39)
