@@ -66,8 +66,9 @@ class Metrics:
         )
         self.data_loss_events = Counter(
             "fanout_data_loss_events_total",
-            "Times records were found trimmed from the stream before they were read (data "
-            "loss: an expired checkpoint or TrimmedDataAccessException).",
+            "Gaps where records were lost before they were read: trimmed from the stream "
+            "(an expired checkpoint, TrimmedDataAccessException) or a shard gone with "
+            "unread records.",
             ["stream"],
             registry=r,
         )
