@@ -16,9 +16,9 @@ jitter). Within a round:
 * a send that raises fails all its records; with ``bisect_on_error`` it is split in halves,
   sent at once, until the failing record is alone (at most ``ceil(log2(n)) + 1`` sends
   contain it per round). An ordered sink stops at the first failing half: the records after
-  it wait. After a whole-send failure in a round with no success yet, an unordered sink
-  sends the other halves whole instead of splitting them further, so an outage costs a
-  handful of calls per round, not one per record;
+  it wait. After a whole-send failure in a round with no success yet (in it or the round
+  before), an unordered sink sends the other halves whole instead of splitting them
+  further, so an outage costs a handful of calls per round, not one per record;
 * per-record answers are honoured: delivered records are done, permanent failures go to the
   dead-letter destination at once, retryable ones are sent again next round (for an ordered
   sink, with every later record of the batch);
@@ -130,10 +130,11 @@ def _all_well_formed(records: list[Record]) -> bool:
 class _Round:
     """Bookkeeping of one retry round of one batch (see the module docstring)."""
 
-    __slots__ = ("blind", "blocked", "give_ups", "progress")
+    __slots__ = ("blind", "blocked", "give_ups", "progress", "trusted")
 
-    def __init__(self) -> None:
+    def __init__(self, trusted: bool = False) -> None:
         self.progress = False  # some send of this round was answered sensibly
+        self.trusted = trusted  # the previous round's sends were: always bisect
         self.blind = False  # a send failed as a whole before anything succeeded
         self.blocked = False  # ordered: a retained failure holds back the rest
         self.give_ups: list[tuple[int, str, str]] = []  # (index in batch, class, message)
@@ -309,9 +310,10 @@ class Lane:
         pending: deque[list[int]] = deque([list(range(size))])
         known: tuple[Failures, BaseException | None] | None = (failures, exc)
         rounds = 0
+        state = _Round()
         while True:
             work, pending = pending, deque()
-            state = _Round()
+            state = _Round(trusted=state.progress)
             while work:
                 piece = work.popleft()
                 if state.blocked:
@@ -335,7 +337,7 @@ class Lane:
                         bisect
                         and len(piece) > 1
                         and self._strikes < _DOWN
-                        and (state.progress or not state.blind)
+                        and (state.progress or state.trusted or not state.blind)
                     ):
                         middle = len(piece) // 2
                         work.appendleft(piece[middle:])

@@ -568,3 +568,14 @@ async def test_poison_records_and_transient_failures_never_pass_for_an_outage(or
     if ordered:
         assert delivered == [s for s in seqs(records) if s not in poisons]
     assert shard.frontier == seq_of(39)
+
+
+async def test_poison_records_at_the_front_of_an_unordered_batch_are_each_isolated():
+    poisons = {seq_of(0), seq_of(1), seq_of(2)}
+    records = [rec(i) for i in range(16)]
+    sink = ScriptedSink(ordered=False, behaviour=raise_if_contains(*poisons))
+    dlq = MemoryDeadLetter()
+    route = make_route(sink, dlq, batch_size=16, retry={"max_attempts": 3})
+    await run_pages([route], [records])
+    assert sorted(dlq.seqs()) == sorted(poisons)  # record 3 was not dead-lettered with 2
+    assert sorted(seqs(sink.delivered)) == seqs(records[3:])
