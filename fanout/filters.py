@@ -1345,13 +1345,15 @@ def _compile_node(node: _Trie) -> _Compiled:
 
 def _object_node(obj: Predicate, empty_ok: bool, absence: bool) -> Predicate:
     def in_list(values: list[Any]) -> bool:
-        for item in values:
-            kind = type(item)
-            if kind is dict:
-                if obj(item):
-                    return True
-            elif kind is list and in_list(item):
-                return True
+        stack = [values]  # nested arrays are flattened without recursion
+        while stack:
+            for item in stack.pop():
+                kind = type(item)
+                if kind is dict:
+                    if obj(item):
+                        return True
+                elif kind is list:
+                    stack.append(item)
         return False
 
     if absence:
@@ -1388,39 +1390,40 @@ _Field = tuple[tuple[str, ...], Predicate, bool]  # path, value test, exists:fal
 
 
 def _occurrences(
-    value: Any,
-    path: tuple[str, ...],
-    depth: int,
-    where: tuple[Any, ...],
-    bound: dict[tuple[Any, ...], int],
-    membership: dict[tuple[Any, ...], int],
+    event: dict[str, Any], path: tuple[str, ...], bound: dict[tuple[Any, ...], int]
 ) -> Iterator[tuple[Any, dict[tuple[Any, ...], int]]]:
-    """Leaf values at `path`, with the array elements they come from, consistent with `bound`."""
-    kind = type(value)
-    if depth == len(path):
-        if kind is list:
+    """Leaf values at `path` with the array elements they come from, consistent with `bound`.
+
+    An array is identified by where it sits in the record (keys and indexes from the root);
+    `bound` and the yielded memberships map such a location to an element index.
+    """
+    depth_end = len(path)
+    Item = tuple[Any, int, tuple[Any, ...], dict[tuple[Any, ...], int]]
+    stack: list[Item] = [(event, 0, (), {})]
+    while stack:
+        value, depth, where, membership = stack.pop()
+        kind = type(value)
+        if kind is dict:
+            if depth < depth_end and path[depth] in value:
+                key = path[depth]
+                stack.append((value[key], depth + 1, (*where, key), membership))
+        elif kind is list:
+            pinned = bound.get(where)
+            if pinned is not None and depth < depth_end:
+                # Inside the path only objects and arrays lead on: go straight to the element.
+                if pinned < len(value) and type(value[pinned]) in (dict, list):
+                    item_where = (*where, pinned)
+                    stack.append((value[pinned], depth, item_where, {**membership, where: pinned}))
+                continue
             for index, item in enumerate(value):
                 item_kind = type(item)
-                if item_kind is list:
-                    if bound.get(where, index) == index:
-                        yield from _occurrences(
-                            item, path, depth, (*where, index), bound, {**membership, where: index}
-                        )
-                elif item_kind is not dict:
+                if item_kind is list or (item_kind is dict and depth < depth_end):
+                    if pinned is None or pinned == index:
+                        stack.append((item, depth, (*where, index), {**membership, where: index}))
+                elif item_kind is not dict and depth == depth_end:
                     yield item, membership  # scalars in an array carry no membership
-        elif kind is not dict:
+        elif depth == depth_end:
             yield value, membership
-        return
-    if kind is dict:
-        key = path[depth]
-        if key in value:
-            yield from _occurrences(value[key], path, depth + 1, (*where, key), bound, membership)
-    elif kind is list:
-        for index, item in enumerate(value):
-            if (type(item) is dict or type(item) is list) and bound.get(where, index) == index:
-                yield from _occurrences(
-                    item, path, depth, (*where, index), bound, {**membership, where: index}
-                )
 
 
 def _faithful_search(
@@ -1430,7 +1433,7 @@ def _faithful_search(
         return True
     path, test, absent_ok = fields[index]
     found = False
-    for value, membership in _occurrences(event, path, 0, (), bound, {}):
+    for value, membership in _occurrences(event, path, bound):
         found = True
         if test(value) and _faithful_search(fields, index + 1, event, {**bound, **membership}):
             return True

@@ -347,3 +347,53 @@ def test_the_demo_config_filter_passes_shipped_orders():
             assert predicate is not None
             assert predicate(SHIPPED)
             assert not predicate(REMOVED)
+
+
+# --- Robustness --------------------------------------------------------------------------------
+
+
+def _nested(depth: int, inner: object) -> object:
+    value = inner
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        {"d": {"a": ["x"]}},
+        {"d": {"a": ["x"], "b": [{"exists": False}]}},
+        {"d": {"b": [{"exists": False}], "a": [{"exists": True}]}},
+        {"d": [{"exists": True}]},
+    ],
+)
+def test_deeply_nested_arrays_do_not_exhaust_the_stack(pattern):
+    event = {"d": _nested(5000, {"a": "x"})}
+    assert compile_pattern(pattern)(event) in (True, False)
+    assert compile_pattern(pattern)({"d": _nested(5000, "x")}) in (True, False)
+
+
+def test_exists_false_search_over_a_long_list_stays_fast():
+    lines = [{"M": {"sku": {"S": f"S{i}"}, "qty": {"N": "1"}}} for i in range(2000)]
+    lines.append({"M": {"sku": {"S": "LAST"}, "qty": {"N": "2"}}})
+    event = record(new={"lines": {"L": lines}})
+    pattern = {
+        "dynamodb": {
+            "NewImage": {
+                "lines": {
+                    "L": {
+                        "M": {
+                            "gift": {"S": [{"exists": False}]},
+                            "qty": {"N": ["2"]},
+                            "sku": {"S": [{"prefix": "LAST"}]},
+                        }
+                    }
+                }
+            }
+        }
+    }
+    predicate = compile_pattern(pattern)
+    assert predicate(event)
+    lines[-1]["M"]["gift"] = {"S": "yes"}
+    assert not predicate(event)
