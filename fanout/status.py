@@ -275,6 +275,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fanout: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
+    from fanout.logs import REDACTOR, config_secrets
+
+    REDACTOR.add(*config_secrets(config, path))  # destinations are printed masked like logs
     try:
         status = collect(config)
     except FileNotFoundError as exc:

@@ -147,6 +147,30 @@ def test_status_with_a_bad_config(tmp_path, capsys):
     assert "invalid configuration" in capsys.readouterr().err
 
 
+def test_status_masks_secrets_of_the_config_in_destinations(tmp_path, monkeypatch, capsys):
+    from fanout import logs
+
+    monkeypatch.setattr(logs, "REDACTOR", logs.Redactor())
+    monkeypatch.setenv("DLQ_QUEUE", "queue-named-by-a-secret-9f2")
+    config = tmp_path / "fanout.yaml"
+    config.write_text(
+        f"""
+streams: {{orders: {{table: Orders}}}}
+checkpoints: {{path: {tmp_path}/state/fanout.db}}
+sinks:
+  notify:
+    type: file
+    path: {tmp_path}/notify.jsonl
+    dead_letter: {{type: sqs, queue_url: "https://sqs.example/1/${{DLQ_QUEUE}}"}}
+"""
+    )
+    seed_store(tmp_path)
+    assert main(["status", "--config", str(config), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "queue-named-by-a-secret-9f2" not in out
+    assert "https://sqs.example/1/***" in out
+
+
 def test_status_needs_a_config(monkeypatch, capsys):
     monkeypatch.delenv("FANOUT_CONFIG", raising=False)
     assert main(["status"]) == 2
