@@ -1,22 +1,26 @@
 """The DynamoDB / DynamoDB Streams client: JSON 1.0 over HTTP, parsed with orjson.
 
-aiobotocore provides what it is good at (credentials, region and endpoint resolution) and
-botocore signs each request with SigV4. The response body is parsed by ``orjson`` straight
-into the Lambda event record shape: botocore's generic parser costs several times as much
-per GetRecords page and turns ApproximateCreationDateTime into ``datetime`` objects, which
+aiobotocore provides what it is good at (credentials, region and endpoint resolution). Each
+request is signed with SigV4 by ``Signer``, which produces exactly what botocore's
+``SigV4Auth`` does for these JSON POSTs at a tenth of its cost (a GetRecords call is made per
+shard several times a second). The response body is parsed by ``orjson`` straight into the
+Lambda event record shape: botocore's generic parser costs several times as much per
+GetRecords page and turns ApproximateCreationDateTime into ``datetime`` objects, which
 Lambda events do not have.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 
 from fanout.errors import (
     IteratorExpired,
@@ -60,13 +64,98 @@ def _error(status: int, body: bytes, op: str) -> SourceError:
         return IteratorExpired(text, code=code, status=status)
     if code == "TrimmedDataAccessException":
         return TrimmedData(text, code=code, status=status)
-    if code in _THROTTLING:
+    if code in _THROTTLING or (not code and status == 429):
         return Throttled(text, code=code, status=status)
     if code == "ResourceNotFoundException":
         return StreamNotFound(text, code=code, status=status)
     if status >= 500:
         return ServiceError(text, code=code, status=status)
     return SourceError(text, code=code, status=status)
+
+
+class Signer:
+    """AWS Signature Version 4 for JSON 1.0 POSTs to one region and service.
+
+    The signing key is derived once per day and secret; per request the work is two
+    SHA-256 digests and one HMAC over short strings.
+    """
+
+    def __init__(self, region: str, service: str = "dynamodb") -> None:
+        self.region = region
+        self.service = service
+        self._keys: dict[tuple[str, str], bytes] = {}
+        self._urls: dict[str, tuple[str, str]] = {}
+
+    def _target(self, url: str) -> tuple[str, str]:
+        """(host header, canonical path) of an endpoint URL, as botocore computes them."""
+        found = self._urls.get(url)
+        if found is None:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(
+                parts.scheme
+            ):
+                host = f"{host}:{parts.port}"
+            found = self._urls[url] = (host, quote(parts.path or "/", safe="/~"))
+        return found
+
+    def _key(self, secret: str, day: str) -> bytes:
+        key = self._keys.get((secret, day))
+        if key is None:
+            key = f"AWS4{secret}".encode()
+            for part in (day, self.region, self.service, "aws4_request"):
+                key = hmac.digest(key, part.encode(), "sha256")
+            if len(self._keys) > 4:
+                self._keys.clear()
+            self._keys[(secret, day)] = key
+        return key
+
+    def headers(
+        self,
+        url: str,
+        target: str,
+        body: bytes,
+        access_key: str,
+        secret_key: str,
+        token: str | None = None,
+        now: float | None = None,
+    ) -> dict[str, str]:
+        """Every header of the request, Authorization included (aiohttp adds Host)."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        day = stamp[:8]
+        host, path = self._target(url)
+        signed = [
+            ("content-type", _JSON),
+            ("host", host),
+            ("x-amz-date", stamp),
+        ]
+        if token:
+            signed.append(("x-amz-security-token", token))
+        signed.append(("x-amz-target", target))
+        names = ";".join(name for name, _ in signed)
+        canonical = "POST\n{}\n\n{}\n{}\n{}".format(
+            path,
+            "".join(f"{name}:{value}\n" for name, value in signed),
+            names,
+            hashlib.sha256(body).hexdigest(),
+        )
+        scope = f"{day}/{self.region}/{self.service}/aws4_request"
+        to_sign = (
+            f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        )
+        signature = hmac.new(self._key(secret_key, day), to_sign.encode(), "sha256").hexdigest()
+        headers = {
+            "Content-Type": _JSON,
+            "X-Amz-Target": target,
+            "X-Amz-Date": stamp,
+            "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
+            f"SignedHeaders={names}, Signature={signature}",
+        }
+        if token:
+            headers["X-Amz-Security-Token"] = token
+        return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +176,19 @@ class Shard:
             starting_sequence=seq.get("StartingSequenceNumber", "0"),
             ending_sequence=seq.get("EndingSequenceNumber"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TableStream:
+    """What DescribeTable says about a table's stream."""
+
+    table_arn: str
+    stream_arn: str | None  # the latest stream, None when no stream is enabled
+
+    @property
+    def stream_prefix(self) -> str:
+        """Every stream ARN of this table starts with this."""
+        return f"{self.table_arn}/stream/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +221,7 @@ class StreamsClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=5.0)
         self._http: aiohttp.ClientSession | None = None
         self._credentials: Any = None
+        self._signer = Signer(region)
 
     @classmethod
     async def create(
@@ -187,16 +290,12 @@ class StreamsClient:
         url = self.streams_url if target.startswith(_STREAMS) else self.dynamodb_url
         data = orjson.dumps(body)
         frozen = await self._credentials.get_frozen_credentials()
-        request = AWSRequest(
-            method="POST",
-            url=url,
-            data=data,
-            headers={"Content-Type": _JSON, "X-Amz-Target": target},
+        headers = self._signer.headers(
+            url, target, data, frozen.access_key, frozen.secret_key, frozen.token
         )
-        SigV4Auth(frozen, "dynamodb", self.region).add_auth(request)
         op = target.rpartition(".")[2]
         try:
-            async with self._http.post(url, data=data, headers=dict(request.headers)) as resp:
+            async with self._http.post(url, data=data, headers=headers) as resp:
                 payload = await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -207,16 +306,26 @@ class StreamsClient:
 
     # -- DynamoDB ---------------------------------------------------------------------------
 
-    async def latest_stream_arn(self, table: str) -> str:
-        """The table's current stream ARN (DescribeTable)."""
+    async def table_stream(self, table: str) -> TableStream:
+        """The table's ARN and its enabled stream, if any (DescribeTable).
+
+        Raises:
+            StreamNotFound: the table does not exist.
+        """
         answer = await self.call(_DYNAMODB + "DescribeTable", {"TableName": table})
         desc = answer.get("Table", {})
         arn = desc.get("LatestStreamArn")
         # A disabled stream keeps LatestStreamArn but loses StreamSpecification.
         enabled = desc.get("StreamSpecification", {}).get("StreamEnabled", False)
-        if not arn or not enabled:
+        table_arn = desc.get("TableArn") or (str(arn).partition("/stream/")[0] if arn else "")
+        return TableStream(str(table_arn), str(arn) if arn and enabled else None)
+
+    async def latest_stream_arn(self, table: str) -> str:
+        """The table's current stream ARN (DescribeTable)."""
+        found = await self.table_stream(table)
+        if found.stream_arn is None:
             raise StreamNotFound(f"table {table!r} has no stream enabled", code="NoStream")
-        return str(arn)
+        return found.stream_arn
 
     # -- DynamoDB Streams -------------------------------------------------------------------
 
