@@ -1,0 +1,276 @@
+"""``python -m bench`` (``make bench``): fanout's benchmark; prints a table, writes JSON.
+
+Scenarios (all by default; pick with ``--scenario``, repeatable):
+
+* ``throughput``: closed shards of pre-built 1,000-record pages on 4 and 64 shards, read to
+  the end by fanout (three filtered sinks), by the floor (aiohttp + orjson only) and by
+  aiobotocore + TypeDeserializer; records/s and CPU seconds per million records;
+* ``latency``: DynamoDB Local, 200 writes/s, write-to-sink latency percentiles;
+* ``idle``: 100 idle shards; GetRecords calls per idle shard-hour, then the latency of the
+  first write to an idle shard;
+* ``scale``: 1,000 shards with a little data each; time to discover and drain, peak RSS.
+
+``--quick`` shrinks every scenario to a run of a minute or two. Results land in
+``bench/results/<UTC time>.json`` (``--out`` to change the directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import scenarios
+from bench.harness import REPO
+
+SCENARIOS: dict[str, Callable[[scenarios.Options], dict[str, Any]]] = {
+    "throughput": scenarios.throughput,
+    "latency": scenarios.latency,
+    "idle": scenarios.idle,
+    "scale": scenarios.scale,
+}
+
+# (scenario, description, how to read the value from the results, comparison, bound)
+TARGETS: list[tuple[str, str, Callable[[dict[str, Any]], float], str, float]] = [
+    (
+        "throughput",
+        "fanout / floor records/s, 4 shards",
+        lambda r: r["ratios"]["4"]["vs_floor"],
+        ">=",
+        0.6,
+    ),
+    (
+        "throughput",
+        "fanout / aiobotocore records/s, 4 shards",
+        lambda r: r["ratios"]["4"]["vs_aiobotocore"],
+        ">=",
+        4.0,
+    ),
+    ("latency", "p50 write-to-sink ms", lambda r: r["p50_ms"], "<=", 150.0),
+    ("latency", "p99 write-to-sink ms", lambda r: r["p99_ms"], "<=", 500.0),
+    (
+        "idle",
+        "GetRecords calls per idle shard-hour",
+        lambda r: r["calls_per_shard_hour"],
+        "<=",
+        1800.0,
+    ),
+    (
+        "idle",
+        "first write to an idle shard, ms over max_idle_interval",
+        lambda r: r["first_write_max_ms"] - r["max_idle_interval"] * 1000,
+        "<=",
+        250.0,
+    ),
+    ("scale", "peak RSS MB, 1,000 shards", lambda r: r["peak_rss_mb"], "<=", 300.0),
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--scenario",
+        "-s",
+        action="append",
+        choices=sorted(SCENARIOS),
+        help="run only this scenario (repeatable); default: all",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, short periods")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--shards",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        help="throughput: shard counts, comma separated (default 4,64)",
+    )
+    parser.add_argument("--records", type=int, help="throughput: records per shard count")
+    parser.add_argument(
+        "--consumers",
+        type=lambda s: tuple(s.split(",")),
+        help="throughput: fanout,floor,aiobotocore (default all)",
+    )
+    parser.add_argument("--idle-seconds", type=float, help="idle: measured period (default 60)")
+    parser.add_argument("--idle-shards", type=int, help="idle: shard count (default 100)")
+    parser.add_argument("--latency-seconds", type=float, help="latency: writing period")
+    parser.add_argument(
+        "--max-idle-interval", type=float, help="latency and idle: the stream's max_idle_interval"
+    )
+    parser.add_argument("--scale-shards", type=int, help="scale: shard count (default 1000)")
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="throughput: run fanout and the floor with CPython's default GC thresholds",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every fanout child with py-spy (collapsed stacks next to the results)",
+    )
+    return parser
+
+
+def options(args: argparse.Namespace) -> scenarios.Options:
+    out: Path = args.out
+    opts = scenarios.Options.quick_run(out) if args.quick else scenarios.Options(out=out)
+    if args.shards:
+        opts.throughput_shards = args.shards
+    if args.records:
+        opts.throughput_records = args.records
+    if args.consumers:
+        opts.consumers = args.consumers
+    if args.idle_seconds is not None:
+        opts.idle_seconds = args.idle_seconds
+    if args.idle_shards is not None:
+        opts.idle_shards = args.idle_shards
+    if args.latency_seconds is not None:
+        opts.latency_seconds = args.latency_seconds
+    if args.max_idle_interval is not None:
+        opts.max_idle_interval = args.max_idle_interval
+    if args.scale_shards is not None:
+        opts.scale_shards = args.scale_shards
+    opts.profile = args.profile
+    opts.tune_gc = not args.default_gc
+    return opts
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "load_average_1m": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    tp = results.get("throughput")
+    if tp:
+        lines.append("throughput (closed shards, 1,000-record pages, NEW_AND_OLD_IMAGES)")
+        lines.append(
+            f"  {'consumer':<12} {'shards':>6} {'records':>9} {'seconds':>8} "
+            f"{'records/s':>10} {'CPU s/M rec':>11} {'peak RSS MB':>11} {'server CPU':>10}"
+        )
+        for row in tp["rows"]:
+            lines.append(
+                f"  {row['consumer']:<12} {row['shards']:>6} {row['records']:>9,} "
+                f"{row['wall']:>8.2f} {row['records_per_s']:>10,.0f} "
+                f"{row['cpu_s_per_million']:>11.1f} {row['peak_rss_mb']:>11.0f} "
+                f"{row['server_cpu'] / row['wall']:>10.0%}"
+            )
+        for shards, ratio in tp["ratios"].items():
+            parts = [f"{k.removeprefix('vs_')} x{v:.2f}" for k, v in ratio.items()]
+            lines.append(f"  fanout on {shards} shards: " + ", ".join(parts))
+    lat = results.get("latency")
+    if lat:
+        lines.append(
+            f"latency (DynamoDB Local, {lat['rate']:.0f} writes/s, {lat['timed']} timed over "
+            f"{lat['seconds']:.0f}s after {lat['warmup_seconds']:.0f}s of warm-up writes)"
+        )
+        lines.append(
+            f"  p50 {_fmt(lat['p50_ms'])} ms   p95 {_fmt(lat['p95_ms'])} ms   "
+            f"p99 {_fmt(lat['p99_ms'])} ms   max {_fmt(lat['max_ms'])} ms"
+        )
+    idle = results.get("idle")
+    if idle:
+        lines.append(
+            f"idle ({idle['shards']} open shards, {idle['seconds']:.0f}s after "
+            f"{idle['warmup_seconds']:.0f}s warm-up, max_idle_interval "
+            f"{idle['max_idle_interval']:g}s)"
+        )
+        lines.append(
+            f"  GetRecords per idle shard-hour {idle['calls_per_shard_hour']:,.0f}   "
+            f"warm-up calls per shard {idle['warmup_calls_per_shard']:.1f}   "
+            f"worker CPU {idle['worker_cpu_share']:.1%} of a core"
+        )
+        lines.append(
+            "  "
+            "first write delivered in " + ", ".join(_fmt(v) for v in idle["first_write_ms"]) + " ms"
+        )
+    sc = results.get("scale")
+    if sc:
+        lines.append(f"scale ({sc['shards']:,} shards, {sc['records']:,} records, one process)")
+        lines.append(
+            f"  discover + drain {sc['seconds']:.1f}s   CPU {sc['cpu_s']:.1f}s   "
+            f"peak RSS {sc['peak_rss_mb']:.0f} MB   DescribeStream calls "
+            f"{sc['describe_stream_calls']}"
+        )
+    return "\n".join(lines)
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    checks = []
+    for scenario, what, get, op, bound in TARGETS:
+        if scenario not in results:
+            continue
+        try:
+            value = float(get(results[scenario]))
+        except (KeyError, TypeError):
+            continue
+        ok = value >= bound if op == ">=" else value <= bound
+        checks.append({"target": what, "value": value, "bound": f"{op} {bound:g}", "met": ok})
+    return checks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    opts = options(args)
+    chosen = args.scenario or list(SCENARIOS)
+    started = datetime.datetime.now(datetime.UTC)
+    results: dict[str, Any] = {}
+    opts.out.mkdir(parents=True, exist_ok=True)
+    host = machine()
+    if host["load_average_1m"] > 0.5:
+        print(
+            f"note: load average {host['load_average_1m']:.1f} at start; other processes "
+            "compete for the CPU (records/s suffers, CPU s/M records much less)",
+            file=sys.stderr,
+        )
+    for name in chosen:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results[name] = SCENARIOS[name](opts)
+    checks = check_targets(results)
+    report: dict[str, Any] = {
+        "date": started.isoformat(timespec="seconds"),
+        "quick": opts.quick,
+        "machine": host,
+        "argv": list(argv if argv is not None else sys.argv[1:]),
+        "results": results,
+        "targets": checks,
+    }
+    path = opts.out / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(table(results))
+    if checks:
+        print("targets")
+        for check in checks:
+            mark = "ok  " if check["met"] else "MISS"
+            print(f"  {mark} {check['target']}: {check['value']:,.2f} ({check['bound']})")
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""One measured consumer in its own process: ``python -m bench.child`` with a JSON spec on stdin.
+
+Consumers:
+
+* ``fanout``: the real ``fanout.app.Worker`` with benchmark sinks (see ``bench.sinks``);
+* ``floor``: an asyncio loop that only fetches GetRecords pages with aiohttp and parses them
+  with ``orjson.loads``: the least any Python consumer of the wire protocol can do;
+* ``aiobotocore``: what most users write first: aiobotocore's ``get_records`` and boto3's
+  ``TypeDeserializer`` on every image, one task per shard.
+
+The process prints ``READY`` once it is reading (when the spec asks for it) and, last, one
+JSON line with what it measured: wall and CPU seconds of the measured window, records read,
+peak RSS, and consumer-specific details. CPU is ``time.process_time()`` (every thread of this
+process), so the stream server's work is never counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import sys
+import time
+from typing import Any, cast
+
+import orjson
+
+STREAMS = "DynamoDBStreams_20120810."
+# The stream server checks the header's shape only; the floor does not sign.
+_FAKE_AUTH = (
+    "AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/dynamodb/aws4_request, "
+    "SignedHeaders=content-type;host;x-amz-target, Signature=0"
+)
+
+
+class Window:
+    """Wall and CPU time of the measured part of a run."""
+
+    def __init__(self) -> None:
+        self.wall0 = self.cpu0 = 0.0
+        self.wall = self.cpu = 0.0
+
+    def start(self) -> None:
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+
+    def stop(self) -> None:
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = time.process_time() - self.cpu0
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _ready() -> None:
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
+
+
+# -- fanout -------------------------------------------------------------------------------
+
+
+async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
+    import anyio
+
+    from bench import sinks as bench_sinks
+    from fanout.app import Worker
+    from fanout.config import build_config
+    from fanout.runtime import tune_gc
+
+    bench_sinks.install()
+    config = build_config(spec["config"])
+    worker = Worker(config, handle_signals=False)
+    if spec.get("tune_gc", True):
+        tune_gc()  # as ``fanout run`` does
+    shards: int = spec.get("shards", 0)
+    expect: int = spec.get("expect_records", 0)
+    expect_read: int = spec.get("expect_read", 0)
+    timeout: float = spec.get("timeout", 600.0)
+    window = Window()
+    if spec.get("window_from") == "process":
+        window.start()
+    code: list[int] = []
+
+    async def run() -> None:
+        code.append(await worker.run())
+
+    def running() -> int:
+        return sum(len(w.running) for w in worker.workers)
+
+    def finished() -> int:
+        return sum(len(w.finished) for w in worker.workers)
+
+    registry = worker.metrics.registry
+
+    def read() -> int:
+        total = 0.0
+        for name in config.streams:
+            total += registry.get_sample_value("fanout_records_read_total", {"stream": name}) or 0
+        return int(total)
+
+    def pending() -> bool:
+        return any(p.pending for w in worker.workers for p in list(w.progress.values()))
+
+    timed_out = False
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await worker.started.wait()
+        if spec.get("window_from") != "process":
+            window.start()
+        with anyio.move_on_after(timeout) as scope:
+            if spec.get("ready_when_running"):
+                while running() < spec["ready_when_running"]:
+                    await anyio.sleep(0.01)
+                _ready()
+            if expect:
+                while sum(bench_sinks.counts.get(n, 0) for n in spec["expect_sinks"]) < expect:
+                    await anyio.sleep(0.005)
+            elif expect_read:
+                while read() < expect_read or pending():
+                    await anyio.sleep(0.01)
+            else:
+                while finished() < shards:
+                    await anyio.sleep(0.01)
+        timed_out = scope.cancelled_caught
+        window.stop()
+        worker.stop()
+    return {
+        "consumer": "fanout",
+        "records": read(),
+        "wall": window.wall,
+        "cpu": window.cpu,
+        "peak_rss_mb": _peak_rss_mb(),
+        "sinks": dict(bench_sinks.counts),
+        "latencies": [lat for lat, _ in bench_sinks.latencies],
+        "written": [written for _, written in bench_sinks.latencies],
+        "finished_shards": finished(),
+        "timed_out": timed_out,
+        "exit_code": code[0] if code else None,
+    }
+
+
+# -- floor --------------------------------------------------------------------------------
+
+
+async def run_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    import aiohttp
+
+    url: str = spec["url"]
+    arn: str = spec["arn"]
+    if spec.get("tune_gc", True):
+        from fanout.runtime import tune_gc
+
+        tune_gc()  # the same process settings as the worker
+    window = Window()
+    records = 0
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def call(op: str, body: dict[str, Any]) -> bytes:
+            headers = {
+                "Content-Type": "application/x-amz-json-1.0",
+                "X-Amz-Target": STREAMS + op,
+                "Authorization": _FAKE_AUTH,
+            }
+            async with http.post(url, data=orjson.dumps(body), headers=headers) as resp:
+                payload = await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"{op}: HTTP {resp.status}: {payload[:200]!r}")
+                return payload
+
+        async def read(shard_id: str) -> None:
+            nonlocal records
+            answer = orjson.loads(
+                await call(
+                    "GetShardIterator",
+                    {"StreamArn": arn, "ShardId": shard_id, "ShardIteratorType": "TRIM_HORIZON"},
+                )
+            )
+            iterator: str | None = answer["ShardIterator"]
+            while iterator:
+                page = orjson.loads(await call("GetRecords", {"ShardIterator": iterator}))
+                records += len(page["Records"])
+                iterator = page.get("NextShardIterator")
+
+        window.start()
+        shard_ids: list[str] = []
+        start: str | None = None
+        while True:
+            body: dict[str, Any] = {"StreamArn": arn}
+            if start:
+                body["ExclusiveStartShardId"] = start
+            desc = orjson.loads(await call("DescribeStream", body))["StreamDescription"]
+            shard_ids.extend(s["ShardId"] for s in desc["Shards"])
+            start = desc.get("LastEvaluatedShardId")
+            if not start:
+                break
+        await asyncio.gather(*(read(s) for s in shard_ids))
+        window.stop()
+    return {
+        "consumer": "floor",
+        "records": records,
+        "wall": window.wall,
+        "cpu": window.cpu,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+# -- aiobotocore + TypeDeserializer -------------------------------------------------------
+
+
+async def run_aiobotocore(spec: dict[str, Any]) -> dict[str, Any]:
+    from aiobotocore.session import get_session
+    from boto3.dynamodb.types import TypeDeserializer
+
+    url: str = spec["url"]
+    arn: str = spec["arn"]
+    deserializer = TypeDeserializer()
+    window = Window()
+    records = 0
+    session = get_session()
+    async with session.create_client(
+        "dynamodbstreams", endpoint_url=url, region_name="us-east-1"
+    ) as client:
+
+        async def read(shard_id: str) -> None:
+            nonlocal records
+            answer = await client.get_shard_iterator(
+                StreamArn=arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+            )
+            iterator: str | None = answer["ShardIterator"]
+            while iterator:
+                page = await client.get_records(ShardIterator=iterator)
+                for record in page["Records"]:
+                    data = cast("dict[str, Any]", record["dynamodb"])
+                    for part in ("NewImage", "OldImage"):
+                        image = data.get(part)
+                        if image is not None:
+                            data[part] = {k: deserializer.deserialize(v) for k, v in image.items()}
+                    records += 1
+                iterator = page.get("NextShardIterator")
+
+        window.start()
+        shard_ids: list[str] = []
+        kwargs: dict[str, Any] = {}
+        while True:
+            desc = (await client.describe_stream(StreamArn=arn, **kwargs))["StreamDescription"]
+            shard_ids.extend(s["ShardId"] for s in desc["Shards"])
+            last = desc.get("LastEvaluatedShardId")
+            if not last:
+                break
+            kwargs = {"ExclusiveStartShardId": last}
+        await asyncio.gather(*(read(s) for s in shard_ids))
+        window.stop()
+    return {
+        "consumer": "aiobotocore",
+        "records": records,
+        "wall": window.wall,
+        "cpu": window.cpu,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+CONSUMERS = {"fanout": run_fanout, "floor": run_floor, "aiobotocore": run_aiobotocore}
+
+
+def main() -> int:
+    spec: dict[str, Any] = orjson.loads(sys.stdin.buffer.read())
+    profile = spec.get("profile")
+    consumer = CONSUMERS[spec["consumer"]]
+    result = asyncio.run(consumer(spec))
+    if profile:
+        result["profile"] = profile
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

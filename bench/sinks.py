@@ -1,0 +1,100 @@
+"""Sink types that exist only for the benchmark: they count, and optionally time, arrivals.
+
+``install()`` registers them in the worker process as built-in types (``bench-count`` and
+``bench-latency``), so records reach them through the real pipeline: config validation,
+filters, lanes, batching, delivery bookkeeping and checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from fanout.config import SinkConfig
+from fanout.records import Record
+from fanout.sink import Failures, SinkContext
+
+COUNT_TYPE = "bench-count"
+LATENCY_TYPE = "bench-latency"
+
+# Arrivals in this process, for the benchmark driver that runs the worker.
+counts: dict[str, int] = {}
+# (seconds from the write to the sink, "written_at" stamp) for every timed record.
+latencies: list[tuple[float, float]] = []
+
+
+class CountSinkConfig(SinkConfig):
+    type: Literal["bench-count"] = "bench-count"
+
+
+class LatencySinkConfig(SinkConfig):
+    type: Literal["bench-latency"] = "bench-latency"
+    stamp: str = "written_at"
+
+
+class CountSink:
+    """Counts the records it receives and touches nothing else (a null sink)."""
+
+    ordered = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        counts.setdefault(name, 0)
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, batch: Sequence[Record]) -> Failures:
+        counts[self.name] += len(batch)
+        return {}
+
+    async def stop(self) -> None:
+        return None
+
+
+class LatencySink(CountSink):
+    """Records, per record, the time from the write stamped in its NewImage to its arrival."""
+
+    def __init__(self, name: str, stamp: str) -> None:
+        super().__init__(name)
+        self.stamp = stamp
+
+    async def send(self, batch: Sequence[Record]) -> Failures:
+        now = time.time()
+        for record in batch:
+            image = record["dynamodb"].get("NewImage") or {}
+            value = image.get(self.stamp)
+            if value is not None:
+                written = float(value["N"])
+                latencies.append((now - written, written))
+        counts[self.name] += len(batch)
+        return {}
+
+
+def _build_count(name: str, config: Any, context: SinkContext) -> CountSink:
+    return CountSink(name)
+
+
+def _build_latency(name: str, config: Any, context: SinkContext) -> LatencySink:
+    return LatencySink(name, config.stamp)
+
+
+def install() -> None:
+    """Make ``bench-count`` and ``bench-latency`` known to ``sinks.sink_type``."""
+    import sinks
+
+    sinks._BUILTIN[COUNT_TYPE] = "bench.sinks:COUNT"
+    sinks._BUILTIN[LATENCY_TYPE] = "bench.sinks:LATENCY"
+
+
+def _sink_types() -> tuple[Any, Any]:
+    from sinks import SinkType
+
+    return (
+        SinkType(CountSinkConfig, _build_count),
+        SinkType(LatencySinkConfig, _build_latency),
+    )
+
+
+COUNT, LATENCY = _sink_types()
