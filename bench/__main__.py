@@ -98,9 +98,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--idle-seconds", type=float, help="idle: measured period (default 60)")
     parser.add_argument("--idle-shards", type=int, help="idle: shard count (default 100)")
+    parser.add_argument(
+        "--idle-writes", type=int, help="idle: first writes to distinct idle shards (default 5)"
+    )
     parser.add_argument("--latency-seconds", type=float, help="latency: writing period")
     parser.add_argument(
         "--max-idle-interval", type=float, help="latency and idle: the stream's max_idle_interval"
+    )
+    parser.add_argument(
+        "--min-poll-interval",
+        type=float,
+        help="latency and idle: the readers' wait after a partial page (default: the worker's)",
     )
     parser.add_argument("--scale-shards", type=int, help="scale: shard count (default 1000)")
     parser.add_argument(
@@ -129,10 +137,14 @@ def options(args: argparse.Namespace) -> scenarios.Options:
         opts.idle_seconds = args.idle_seconds
     if args.idle_shards is not None:
         opts.idle_shards = args.idle_shards
+    if args.idle_writes is not None:
+        opts.idle_writes = args.idle_writes
     if args.latency_seconds is not None:
         opts.latency_seconds = args.latency_seconds
     if args.max_idle_interval is not None:
         opts.max_idle_interval = args.max_idle_interval
+    if args.min_poll_interval is not None:
+        opts.min_poll_interval = args.min_poll_interval
     if args.scale_shards is not None:
         opts.scale_shards = args.scale_shards
     opts.profile = args.profile
@@ -191,7 +203,8 @@ def table(results: dict[str, Any]) -> str:
         )
         lines.append(
             f"  p50 {_fmt(lat['p50_ms'])} ms   p95 {_fmt(lat['p95_ms'])} ms   "
-            f"p99 {_fmt(lat['p99_ms'])} ms   max {_fmt(lat['max_ms'])} ms"
+            f"p99 {_fmt(lat['p99_ms'])} ms   max {_fmt(lat['max_ms'])} ms   "
+            f"GetRecords {lat['get_records_per_s']:.1f}/s"
         )
     idle = results.get("idle")
     if idle:

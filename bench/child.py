@@ -69,7 +69,12 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
 
     bench_sinks.install()
     config = build_config(spec["config"])
-    worker = Worker(config, handle_signals=False)
+    options = None
+    if spec.get("min_poll_interval") is not None:
+        from fanout.shards import ReaderOptions
+
+        options = ReaderOptions(min_poll_interval=spec["min_poll_interval"])
+    worker = Worker(config, handle_signals=False, reader_options=options)
     if spec.get("tune_gc", True):
         tune_gc()  # as ``fanout run`` does
     shards: int = spec.get("shards", 0)
@@ -96,6 +101,13 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
         total = 0.0
         for name in config.streams:
             total += registry.get_sample_value("fanout_records_read_total", {"stream": name}) or 0
+        return int(total)
+
+    def get_records_calls() -> int:
+        total = 0.0
+        for metric in registry.collect():
+            if metric.name == "fanout_get_records_calls":
+                total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
         return int(total)
 
     def pending() -> bool:
@@ -134,6 +146,7 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
         "latencies": [lat for lat, _ in bench_sinks.latencies],
         "written": [written for _, written in bench_sinks.latencies],
         "finished_shards": finished(),
+        "get_records_calls": get_records_calls(),
         "timed_out": timed_out,
         "exit_code": code[0] if code else None,
     }

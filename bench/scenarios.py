@@ -70,6 +70,7 @@ class Options:
     idle_warmup: float = 10.0
     idle_writes: int = 5
     max_idle_interval: float = 2.0
+    min_poll_interval: float | None = None  # None: the worker's default
     scale_shards: int = 1000
     scale_records_per_shard: int = 20
     profile: bool = False
@@ -273,6 +274,7 @@ def latency(opts: Options) -> dict[str, Any]:
                 sinks,
             ),
             "ready_when_running": 1,
+            "min_poll_interval": opts.min_poll_interval,
             "expect_records": writes,
             "expect_sinks": ["timing"],
             "timeout": opts.latency_warmup + opts.latency_seconds + 120,
@@ -311,6 +313,7 @@ def latency(opts: Options) -> dict[str, Any]:
         "max_ms": max(values) if values else float("nan"),
         "worst_ms_by_second": [round(worst.get(i, 0.0)) for i in range(max(worst, default=-1) + 1)],
         "worker_cpu_s": result["cpu"],
+        "get_records_per_s": result["get_records_calls"] / result["wall"],
         "timed_out": result["timed_out"],
     }
 
@@ -346,6 +349,7 @@ def idle(opts: Options) -> dict[str, Any]:
                 sinks,
             ),
             "ready_when_running": len(shards),
+            "min_poll_interval": opts.min_poll_interval,
             "expect_records": writes,
             "expect_sinks": ["timing"],
             "timeout": timeout,
