@@ -237,7 +237,6 @@ class StreamWorker:
         self._initial_open: set[str] = set()
         self._readers: TaskGroup | None = None
         self._failure: FanoutError | None = None
-        self._gone = False
         self._waiting = 0
         # Finished-shard checkpoints are written in groups (one transaction for every shard
         # that ended meanwhile): shards of a table roll over at about the same time.
@@ -395,7 +394,6 @@ class StreamWorker:
 
     def _reset(self, arn: str) -> None:
         self.stream_arn = arn
-        self.progress = {k: p for k, p in self.progress.items() if p.pending}
         self.finished = set()
         self.running = set()
         self.listed = {}
@@ -404,7 +402,6 @@ class StreamWorker:
         self._confirmed_missing = set()
         self._initial_open = set()
         self._first_run = False
-        self._gone = False
         self._iterator_age.clear()
 
     async def _read_stream(self, arn: str, *, followed: bool) -> str:
@@ -747,9 +744,8 @@ class StreamWorker:
         if self._readers is not None:
             self._readers.cancel_scope.cancel()
 
-    def stream_gone(self) -> None:
-        """A reader found the stream gone: list it again now."""
-        self._gone = True
+    def relist(self) -> None:
+        """List the stream again now (a reader found it, or a shard, gone)."""
         self._wake.set()
 
     # -- one shard --------------------------------------------------------------------------
@@ -834,7 +830,7 @@ class StreamWorker:
             try:
                 desc = await self.client.describe_stream(arn, child_shards_of=shard_id)
             except StreamNotFound:
-                self.stream_gone()
+                self.relist()
                 return
             except SourceError as exc:
                 log.info(
@@ -864,7 +860,7 @@ class StreamWorker:
                 break  # a disabled stream gets no new shards
             await anyio.sleep(delay)
             delay = min(delay * 2, self.config.discovery_interval)
-        self._wake.set()  # leave it to a full discovery now
+        self.relist()  # leave it to a full discovery now
         self._update_shard_gauges()
 
     # -- helpers ----------------------------------------------------------------------------
@@ -1171,10 +1167,10 @@ class ShardReader:
         try:
             await worker.client.describe_stream(self.stream_arn, limit=1)
         except StreamNotFound:
-            worker.stream_gone()
+            worker.relist()
             return False
         except SourceError:
-            worker._wake.set()  # cannot tell now; discovery decides
+            worker.relist()  # cannot tell now; discovery decides
             return False
         end = self.shard.ending_sequence
         if self.last_seen is not None and self.last_seen == end:
