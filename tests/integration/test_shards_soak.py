@@ -23,6 +23,7 @@ from tests.integration.shardkit import (
     record_calls,
     running,
     wait_delivered,
+    wait_for,
 )
 from tests.streamserver import Shard, StreamServer
 
@@ -139,8 +140,7 @@ async def test_a_stream_of_2500_shards_is_listed_in_25_pages_and_read(tmp_path: 
             stream={"max_idle_interval": "1s", "max_shards": 3000},
         )
         async with running(config) as run:
-            with anyio.fail_after(50):
-                await run.stream._ready.wait()
+            await wait_for(lambda: run.stream.ready, 50, "the first listing")
             await wait_delivered(all_seqs(stream), timeout=50)
             listed = len(run.stream.listed)
             finished = len(run.stream.finished)
