@@ -940,7 +940,10 @@ class ShardReader:
         self.dispatch = dispatch
         self.checkpoint = checkpoint
         self.last_seen: str | None = checkpoint.sequence if checkpoint else None
-        self.last_page: list[Record] | None = None
+        # What gap accounting needs of the last page read: the creation time of its last
+        # record and its sequence-number stride. Not the page itself: a reader holding on
+        # to it keeps up to 1,000 records alive per shard, idle shards included.
+        self.last_read: tuple[float, float | None] | None = None
         self.gap: _PendingGap | None = None
         # Starting point of a shard without a checkpoint.
         self.fallback_skip = worker.skip_time()
@@ -1030,9 +1033,10 @@ class ShardReader:
                     ages[sid] = max(0.0, time.time() - created)
                 if last_seen is not None:
                     self.last_seen = last_seen
-                    self.last_page = records
-                    deliver = records if self.skip_before is None else self._skip(records)
-                    await dispatch.submit(deliver, last_seen)
+                    self.last_read = (_created(records[-1]), sequence_stride(records))
+                    await dispatch.submit(
+                        records if self.skip_before is None else self._skip(records), last_seen
+                    )
                 empties = 0
             else:
                 calls["empty"].inc()
@@ -1041,8 +1045,12 @@ class ShardReader:
                 return True
             iterator = page.next_iterator
             if records:
-                if len(records) < 1000 and min_poll > 0:
-                    await anyio.sleep(min_poll)
+                wait = min_poll if len(records) < 1000 else 0.0
+                # No reference to the page while waiting: it lives only as long as the lanes
+                # need it, not until this shard's next answer (1,000 records per shard).
+                del page, records, record, last
+                if wait > 0:
+                    await anyio.sleep(wait)
                 continue
             empties += 1
             if empties <= _EAGER_EMPTY_PAGES:
@@ -1117,8 +1125,8 @@ class ShardReader:
         the gap is accounted for with the first page read there."""
         if self.gap is not None:
             return
-        if self.last_page:
-            after_time: float | None = _created(self.last_page[-1])
+        if self.last_read is not None:
+            after_time: float | None = self.last_read[0]
             basis = "record"
         elif self.checkpoint is not None and self.checkpoint.sequence == self.last_seen:
             after_time, basis = self.checkpoint.updated_at, "checkpoint"
@@ -1134,7 +1142,7 @@ class ShardReader:
             return
         self.gap = None
         first = records[0]["dynamodb"] if records else None
-        stride = sequence_stride(records) or sequence_stride(self.last_page)
+        stride = sequence_stride(records) or (self.last_read[1] if self.last_read else None)
         if first is not None:
             before: str | None = first["SequenceNumber"]
             count = estimate_lost(gap.after_seq, before, stride, inclusive=False)
@@ -1175,13 +1183,13 @@ class ShardReader:
         end = self.shard.ending_sequence
         if self.last_seen is not None and self.last_seen == end:
             return True  # everything was read; only the end-of-shard page was missed
-        stride = sequence_stride(self.last_page)
+        stride = self.last_read[1] if self.last_read else None
         count = estimate_lost(self.last_seen, end, stride, inclusive=True)
         worker.record_loss(
             Gap(
                 shard_id=self.shard.shard_id,
                 after_seq=self.last_seen,
-                after_time=_created(self.last_page[-1]) if self.last_page else None,
+                after_time=self.last_read[0] if self.last_read else None,
                 after_time_basis="record",
                 before_seq=None,
                 before_time=None,
