@@ -232,6 +232,9 @@ class Lane:
                 ticket.settle(count)
             self._buffered -= len(batch)
             self._space.set()
+            # Keep no delivered records alive while waiting for the next batch (an idle
+            # shard's lane would otherwise hold its last batch until more records come).
+            del batch, segments
 
     def _waits_for_more(self, batch_size: int) -> bool:
         # A full lane gets nothing more until it delivers: waiting for the window is useless.
