@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         help="latency and idle: the readers' wait after a partial page (default: the worker's)",
     )
     parser.add_argument("--scale-shards", type=int, help="scale: shard count (default 1000)")
+    parser.add_argument("--scale-records", type=int, help="scale: records per shard (default 20)")
     parser.add_argument(
         "--default-gc",
         action="store_true",
@@ -147,6 +148,8 @@ def options(args: argparse.Namespace) -> scenarios.Options:
         opts.min_poll_interval = args.min_poll_interval
     if args.scale_shards is not None:
         opts.scale_shards = args.scale_shards
+    if args.scale_records is not None:
+        opts.scale_records_per_shard = args.scale_records
     opts.profile = args.profile
     opts.tune_gc = not args.default_gc
     return opts

@@ -92,6 +92,16 @@ class Options:
         )
 
 
+def _fanout_spec(opts: Options, config: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {
+        "consumer": "fanout",
+        "config": config,
+        "tune_gc": opts.tune_gc,
+        "min_poll_interval": opts.min_poll_interval,
+        **more,
+    }
+
+
 def _fanout_config(
     work: Path,
     stream: dict[str, Any],
@@ -262,9 +272,9 @@ def latency(opts: Options) -> dict[str, Any]:
             "search": FILTERED_SINKS["search"],
             "audit": FILTERED_SINKS["audit"],
         }
-        spec = {
-            "consumer": "fanout",
-            "config": _fanout_config(
+        spec = _fanout_spec(
+            opts,
+            _fanout_config(
                 work,
                 {
                     "table": table,
@@ -273,12 +283,11 @@ def latency(opts: Options) -> dict[str, Any]:
                 },
                 sinks,
             ),
-            "ready_when_running": 1,
-            "min_poll_interval": opts.min_poll_interval,
-            "expect_records": writes,
-            "expect_sinks": ["timing"],
-            "timeout": opts.latency_warmup + opts.latency_seconds + 120,
-        }
+            ready_when_running=1,
+            expect_records=writes,
+            expect_sinks=["timing"],
+            timeout=opts.latency_warmup + opts.latency_seconds + 120,
+        )
         with child(spec, work / "child.log", profile=_profile_path(opts, "latency")) as proc:
             proc.wait_ready(120)
             written, lateness = asyncio.run(
@@ -337,9 +346,9 @@ def idle(opts: Options) -> dict[str, Any]:
     timeout = opts.idle_warmup + opts.idle_seconds + 60 + writes * opts.max_idle_interval
     rng = random.Random(7)
     with server.run_in_thread():
-        spec = {
-            "consumer": "fanout",
-            "config": _fanout_config(
+        spec = _fanout_spec(
+            opts,
+            _fanout_config(
                 work,
                 {
                     "stream_arn": stream.arn,
@@ -348,12 +357,11 @@ def idle(opts: Options) -> dict[str, Any]:
                 },
                 sinks,
             ),
-            "ready_when_running": len(shards),
-            "min_poll_interval": opts.min_poll_interval,
-            "expect_records": writes,
-            "expect_sinks": ["timing"],
-            "timeout": timeout,
-        }
+            ready_when_running=len(shards),
+            expect_records=writes,
+            expect_sinks=["timing"],
+            timeout=timeout,
+        )
         with child(spec, work / "child.log", profile=_profile_path(opts, "idle")) as proc:
             proc.wait_ready(120)
             started = time.monotonic()
@@ -404,16 +412,16 @@ def scale(opts: Options) -> dict[str, Any]:
     total = opts.scale_shards * per_shard
     work = Path(tempfile.mkdtemp(prefix="scale-", dir=opts.logs))
     with server.run_in_thread():
-        spec = {
-            "consumer": "fanout",
-            "config": _fanout_config(
+        spec = _fanout_spec(
+            opts,
+            _fanout_config(
                 work,
                 {"stream_arn": stream.arn, "endpoint_url": server.endpoint_url},
                 FILTERED_SINKS,
             ),
-            "expect_read": total,
-            "window_from": "process",
-        }
+            expect_read=total,
+            window_from="process",
+        )
         result = run_child(spec, work / "child.log", 1800, profile=_profile_path(opts, "scale"))
         describe_calls = server.calls_for("DescribeStream")
         get_records_calls = server.calls_for("GetRecords")
