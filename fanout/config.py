@@ -176,8 +176,10 @@ class SinkConfig(Model):
     parallelization_factor: int = Field(
         1, ge=1, le=10, description="Concurrent batches per shard (per item key ordered)."
     )
+    # Two full GetRecords pages: enough to keep a sink busy while the next page is read.
+    # A parsed record is ~13 KB of Python objects, so this bounds memory per shard.
     max_buffered_records: int = Field(
-        10_000,
+        2_000,
         ge=1,
         description="Records buffered per shard for this sink before the shard's reader waits.",
     )
