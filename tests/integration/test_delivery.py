@@ -6,12 +6,7 @@ minutes, with retry budgets (attempts x backoff) sized to cover them or not.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,10 +23,10 @@ from fanout.config import load_config
 from fanout.dlq import read_entries
 from fanout.shards import ReaderOptions
 from tests.integration import delivery_handlers as handlers
+from tests.integration.process import WorkerProcess, read_lines, wait_for
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).parents[2]
 HANDLERS = "tests.integration.delivery_handlers"
 
 
@@ -316,51 +311,6 @@ async def test_sqs_dead_letters_are_redriven_from_the_queue_once(
 
 
 # -- kill -9 ---------------------------------------------------------------------------------
-
-
-class WorkerProcess:
-    def __init__(self, config: Path, out: Path, log: Path) -> None:
-        env = dict(os.environ, FANOUT_TEST_OUT=str(out), PYTHONPATH=str(REPO))
-        self.log = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fanout", "run", "--config", str(config)],
-            cwd=REPO,
-            env=env,
-            stdout=self.log,
-            stderr=self.log,
-        )
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self.log.close()
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        self.log.close()
-        return code
-
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_bytes().splitlines():
-        try:
-            rows.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue  # cut by SIGKILL
-    return rows
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigkill_during_retries_and_dead_letter_writes_loses_no_record(

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-pytestmark = pytest.mark.integration
+from tests.integration.process import WorkerProcess, read_lines, wait_for
 
-REPO = Path(__file__).parents[2]
+pytestmark = pytest.mark.integration
 
 
 def write_config(tmp_path: Path, table: str, endpoint: str) -> Path:
@@ -46,42 +41,6 @@ sinks:
 """
     )
     return config
-
-
-class WorkerProcess:
-    def __init__(self, config: Path, out: Path, log: Path) -> None:
-        env = dict(os.environ, FANOUT_TEST_OUT=str(out), PYTHONPATH=str(REPO))
-        self.log = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fanout", "run", "--config", str(config)],
-            cwd=REPO,
-            env=env,
-            stdout=self.log,
-            stderr=self.log,
-        )
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self.log.close()
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        self.log.close()
-        return code
-
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    result = []
-    for line in path.read_bytes().splitlines():
-        try:
-            result.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue  # a line cut by SIGKILL: that batch was never acknowledged
-    return result
 
 
 def audit_lines(path: Path) -> list[dict[str, Any]]:
@@ -137,15 +96,6 @@ def checkpoints(db: Path) -> dict[str, int]:
         con.close()
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def change(ddb_client, table: str, rng: random.Random, versions: dict[str, int], keys: int) -> None:
     key = f"k{rng.randrange(keys)}"
     if key in versions and rng.random() < 0.15:
@@ -196,7 +146,8 @@ def test_sigkill_twice_mid_stream_loses_nothing(tmp_path, dynamodb_local, ddb_ta
         change(ddb_client, table, rng, versions, keys)
         if i in (1500, 3300):
             # Let it get some way into the stream, then kill it without warning.
-            wait_for(lambda n=i // 2: len(read_lines(out)) > n, 60, "deliveries before the kill")
+            half = i // 2
+            wait_for(lambda: len(read_lines(out)) > half, 60, "deliveries before the kill")  # noqa: B023
             worker.kill()
             kills.append((len(read_lines(out)), checkpoints(db)))
             worker = WorkerProcess(config, out, tmp_path / "worker.log")

@@ -1,0 +1,64 @@
+"""A worker in its own process (so tests can SIGKILL it), and reading what it wrote."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).parents[2]
+
+
+class WorkerProcess:
+    """``python -m fanout run --config CONFIG``; handlers write to ``$FANOUT_TEST_OUT``."""
+
+    def __init__(self, config: Path, out: Path, log: Path) -> None:
+        env = dict(os.environ, FANOUT_TEST_OUT=str(out), PYTHONPATH=str(REPO))
+        self.log = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fanout", "run", "--config", str(config)],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+        )
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        self.log.close()
+        return code
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """Every JSON line of ``path``; a last line cut by SIGKILL (never acknowledged) is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_bytes().splitlines():
+        try:
+            rows.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            continue
+    return rows
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
