@@ -54,6 +54,13 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, Any]], float], str, float]] = 
         ">=",
         4.0,
     ),
+    (
+        "throughput",
+        "extra CPU per record for filters on 3 sinks, 4 shards",
+        lambda r: r["ratios"]["4"]["filter_cpu_overhead"],
+        "<=",
+        0.15,
+    ),
     ("latency", "p50 write-to-sink ms", lambda r: r["p50_ms"], "<=", 150.0),
     ("latency", "p99 write-to-sink ms", lambda r: r["p99_ms"], "<=", 500.0),
     (
@@ -94,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--consumers",
         type=lambda s: tuple(s.split(",")),
-        help="throughput: fanout,floor,aiobotocore (default all)",
+        help="throughput: fanout,fanout-unfiltered,floor,aiobotocore (default all)",
     )
     parser.add_argument("--idle-seconds", type=float, help="idle: measured period (default 60)")
     parser.add_argument("--idle-shards", type=int, help="idle: shard count (default 100)")
@@ -185,18 +192,23 @@ def table(results: dict[str, Any]) -> str:
     if tp:
         lines.append("throughput (closed shards, 1,000-record pages, NEW_AND_OLD_IMAGES)")
         lines.append(
-            f"  {'consumer':<12} {'shards':>6} {'records':>9} {'seconds':>8} "
+            f"  {'consumer':<17} {'shards':>6} {'records':>9} {'seconds':>8} "
             f"{'records/s':>10} {'CPU s/M rec':>11} {'peak RSS MB':>11} {'server CPU':>10}"
         )
         for row in tp["rows"]:
             lines.append(
-                f"  {row['consumer']:<12} {row['shards']:>6} {row['records']:>9,} "
+                f"  {row['consumer']:<17} {row['shards']:>6} {row['records']:>9,} "
                 f"{row['wall']:>8.2f} {row['records_per_s']:>10,.0f} "
                 f"{row['cpu_s_per_million']:>11.1f} {row['peak_rss_mb']:>11.0f} "
                 f"{row['server_cpu'] / row['wall']:>10.0%}"
             )
         for shards, ratio in tp["ratios"].items():
-            parts = [f"{k.removeprefix('vs_')} x{v:.2f}" for k, v in ratio.items()]
+            parts = [
+                f"filters +{v:.0%} CPU/record"
+                if k == "filter_cpu_overhead"
+                else f"{k.removeprefix('vs_')} x{v:.2f}"
+                for k, v in ratio.items()
+            ]
             lines.append(f"  fanout on {shards} shards: " + ", ".join(parts))
     lat = results.get("latency")
     if lat:

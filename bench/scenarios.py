@@ -53,6 +53,12 @@ FILTERED_SINKS: dict[str, dict[str, Any]] = {
 }
 
 
+# The same three sinks with no filters: the filters' cost is the difference.
+UNFILTERED_SINKS: dict[str, dict[str, Any]] = {
+    name: {"type": COUNT_TYPE} for name in FILTERED_SINKS
+}
+
+
 @dataclass
 class Options:
     """What to run and how big (``--quick`` shrinks everything)."""
@@ -61,7 +67,7 @@ class Options:
     quick: bool = False
     throughput_shards: tuple[int, ...] = (4, 64)
     throughput_records: int = 256_000  # per shard count, spread over the shards
-    consumers: tuple[str, ...] = ("fanout", "floor", "aiobotocore")
+    consumers: tuple[str, ...] = ("fanout", "fanout-unfiltered", "floor", "aiobotocore")
     latency_seconds: float = 30.0
     latency_rate: float = 200.0
     latency_warmup: float = 5.0
@@ -146,17 +152,18 @@ def throughput(opts: Options) -> dict[str, Any]:
         with server.run_in_thread():
             for consumer in opts.consumers:
                 work = Path(tempfile.mkdtemp(prefix=f"tp-{consumer}-", dir=opts.logs))
+                is_fanout = consumer in ("fanout", "fanout-unfiltered")
                 spec: dict[str, Any] = {
-                    "consumer": consumer,
+                    "consumer": "fanout" if is_fanout else consumer,
                     "url": server.endpoint_url,
                     "arn": stream.arn,
                     "shards": shards,
                 }
-                if consumer == "fanout":
+                if is_fanout:
                     spec["config"] = _fanout_config(
                         work,
                         {"stream_arn": stream.arn, "endpoint_url": server.endpoint_url},
-                        FILTERED_SINKS,
+                        FILTERED_SINKS if consumer == "fanout" else UNFILTERED_SINKS,
                     )
                 if consumer != "aiobotocore":
                     spec["tune_gc"] = opts.tune_gc
@@ -171,6 +178,7 @@ def throughput(opts: Options) -> dict[str, Any]:
                 result["server_cpu"] = time.process_time() - server_cpu
                 result.pop("latencies", None)
                 result.update(
+                    consumer=consumer,
                     shards=shards,
                     expected=total,
                     records_per_s=result["records"] / result["wall"] if result["wall"] else 0.0,
@@ -192,6 +200,10 @@ def throughput(opts: Options) -> dict[str, Any]:
             base = by.get((other, shards))
             if base and base["records_per_s"]:
                 entry[f"vs_{other}"] = fan["records_per_s"] / base["records_per_s"]
+        bare = by.get(("fanout-unfiltered", shards))
+        if bare and bare["cpu_s_per_million"]:
+            # CPU per record with three filtered sinks over the same run without filters.
+            entry["filter_cpu_overhead"] = fan["cpu_s_per_million"] / bare["cpu_s_per_million"] - 1
         ratios[str(shards)] = entry
     return {"rows": rows, "ratios": ratios}
 

@@ -21,7 +21,12 @@ def test_throughput_scenario_reads_every_record_and_writes_results(tmp_path: Pat
     (path,) = out.glob("*.json")
     report = orjson.loads(path.read_bytes())
     rows = report["results"]["throughput"]["rows"]
-    assert sorted(r["consumer"] for r in rows) == ["aiobotocore", "fanout", "floor"]
+    assert sorted(r["consumer"] for r in rows) == [
+        "aiobotocore",
+        "fanout",
+        "fanout-unfiltered",
+        "floor",
+    ]
     for row in rows:
         assert row["shards"] == 2
         assert row["records"] == row["expected"] == 4000
@@ -31,5 +36,11 @@ def test_throughput_scenario_reads_every_record_and_writes_results(tmp_path: Pat
     # every sink saw its filtered share, through the real pipeline
     assert set(fanout["sinks"]) == {"search", "notify", "audit"}
     assert all(0 < n < 4000 for n in fanout["sinks"].values())
-    assert set(report["results"]["throughput"]["ratios"]["2"]) == {"vs_floor", "vs_aiobotocore"}
+    bare = next(r for r in rows if r["consumer"] == "fanout-unfiltered")
+    assert all(n == 4000 for n in bare["sinks"].values())  # no filters: every record
+    assert set(report["results"]["throughput"]["ratios"]["2"]) == {
+        "vs_floor",
+        "vs_aiobotocore",
+        "filter_cpu_overhead",
+    }
     assert report["machine"]["cpus"] >= 1
