@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import decimal
 from typing import Any
+
+import orjson
 
 # A stream record in the Lambda event shape:
 # {"eventID", "eventName", "eventVersion", "eventSource", "awsRegion", "eventSourceARN",
@@ -10,17 +14,6 @@ from typing import Any
 #               "SequenceNumber", "SizeBytes", "StreamViewType"}}
 # AttributeValues stay typed ({"S": "x"}, {"N": "1"}); nothing is decoded unless a sink asks.
 Record = dict[str, Any]
-
-
-def sequence_number(record: Record) -> str:
-    """The record's sequence number (a decimal string, compare as int)."""
-    seq: str = record["dynamodb"]["SequenceNumber"]
-    return seq
-
-
-def seq_int(seq: str) -> int:
-    """Sequence numbers are decimal strings of up to 40 digits; compare them as integers."""
-    return int(seq)
 
 
 def approximate_creation_time(record: Record) -> float | None:
@@ -33,8 +26,6 @@ def approximate_creation_time(record: Record) -> float | None:
 
 def item_key(record: Record) -> bytes:
     """A stable identity of the item the record is about (its Keys), for per-key ordering."""
-    import orjson
-
     return orjson.dumps(record["dynamodb"]["Keys"], option=orjson.OPT_SORT_KEYS)
 
 
@@ -44,8 +35,6 @@ def deserialize(value: dict[str, Any]) -> Any:
     Integral numbers become ``int``; others ``decimal.Decimal``, which keeps DynamoDB's
     38 digits of precision. Binary values are base64 on the wire and become ``bytes``.
     """
-    import decimal
-
     ((tag, inner),) = value.items()
     if tag == "S":
         return inner
@@ -65,12 +54,8 @@ def deserialize(value: dict[str, Any]) -> Any:
     if tag == "NS":
         return {deserialize({"N": n}) for n in inner}
     if tag == "B":
-        import base64
-
         return base64.b64decode(inner)
     if tag == "BS":
-        import base64
-
         return {base64.b64decode(b) for b in inner}
     raise ValueError(f"unknown AttributeValue type {tag!r}")
 
