@@ -693,17 +693,25 @@ class KeyedLane:
 
     def close(self) -> None:
         """No more records will come."""
-        for lane in self.lanes:
-            lane.close()
+        _close_all(self.lanes)
 
     async def run(self) -> None:
         """Run every lane until closed and drained."""
-        async with anyio.create_task_group() as tg:
-            for lane in self.lanes:
-                tg.start_soon(lane.run)
+        await _run_all(self.lanes)
 
 
 AnyLane = Lane | KeyedLane
+
+
+def _close_all(lanes: Sequence[AnyLane]) -> None:
+    for lane in lanes:
+        lane.close()
+
+
+async def _run_all(lanes: Sequence[AnyLane]) -> None:
+    async with anyio.create_task_group() as tg:
+        for lane in lanes:
+            tg.start_soon(lane.run)
 
 
 def open_lane(route: Route, progress: ShardProgress) -> AnyLane:
@@ -780,11 +788,8 @@ class ShardDispatch:
 
     def close(self) -> None:
         """No more pages will come; the lanes return once drained."""
-        for lane in self.lanes:
-            lane.close()
+        _close_all(self.lanes)
 
     async def run(self) -> None:
         """Run every lane until closed and drained."""
-        async with anyio.create_task_group() as tg:
-            for lane in self.lanes:
-                tg.start_soon(lane.run)
+        await _run_all(self.lanes)
