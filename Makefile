@@ -22,7 +22,7 @@ system-deps:
 	  || { echo "could not install prometheus (promtool); run: apt-get install prometheus" >&2; exit 1; }; }
 
 run: deps
-	$(BIN)/python -m fanout.demo
+	$(BIN)/python -m fanout.testing.demo
 
 lint: deps
 	$(BIN)/ruff check .
@@ -35,7 +35,7 @@ unit: deps
 	$(BIN)/pytest tests/unit -q
 
 test: deps system-deps lint typecheck
-	$(BIN)/python -m fanout.local fetch
+	$(BIN)/python -m fanout.testing.dynamodb_local fetch
 	$(BIN)/pytest -q -p no:cacheprovider --cov --cov-branch --cov-report=term --cov-fail-under=80
 
 bench: deps

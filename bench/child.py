@@ -80,11 +80,10 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
     from fanout.config import build_config
     from fanout.runtime import tune_gc
 
-    bench_sinks.install()
-    config = build_config(spec["config"])
+    config = build_config(spec["config"], bench_sinks.registry())
     options = None
     if spec.get("min_poll_interval") is not None:
-        from fanout.shards import ReaderOptions
+        from fanout.stream.shards import ReaderOptions
 
         options = ReaderOptions(min_poll_interval=spec["min_poll_interval"])
     worker = Worker(config, handle_signals=False, reader_options=options)

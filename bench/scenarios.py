@@ -130,7 +130,7 @@ def _profile_path(opts: Options, name: str) -> Path | None:
 
 
 def _stream_server(shards: int, records_per_shard: int, *, closed: bool) -> tuple[Any, Any]:
-    from tests.streamserver import StreamServer
+    from fanout.testing.streamserver import StreamServer
 
     server = StreamServer(page_size=1000)
     stream = server.add_stream("Orders", "NEW_AND_OLD_IMAGES", shards=shards)
@@ -263,7 +263,7 @@ def latency(opts: Options) -> dict[str, Any]:
     """DynamoDB Local, a steady writer, and the time from each write to its sink."""
     import boto3
 
-    from fanout import local
+    from fanout.testing import dynamodb_local as local
 
     use_local_env()
     emulator = local.fetch(local.default_cache_dir(REPO))
@@ -344,7 +344,7 @@ def latency(opts: Options) -> dict[str, Any]:
 
 def idle(opts: Options) -> dict[str, Any]:
     """Idle open shards: GetRecords calls per shard-hour, then the first write's latency."""
-    from tests.streamserver import Change
+    from fanout.testing.streamserver import Change
 
     server, stream = _stream_server(opts.idle_shards, 0, closed=False)
     shards = stream.shards

@@ -1,7 +1,7 @@
 """Sink types that exist only for the benchmark: they count, and optionally time, arrivals.
 
-``install()`` registers them in the worker process as built-in types (``bench-count`` and
-``bench-latency``), so records reach them through the real pipeline: config validation,
+``registry()`` offers them (``bench-count`` and ``bench-latency``) beside the installed sink
+types, so records reach them through the real pipeline: config validation,
 filters, lanes, batching, delivery bookkeeping and checkpoints.
 """
 
@@ -80,16 +80,8 @@ def _build_latency(name: str, config: Any, context: SinkContext) -> LatencySink:
     return LatencySink(name, config.stamp)
 
 
-def install() -> None:
-    """Make ``bench-count`` and ``bench-latency`` known to ``sinks.sink_type``."""
-    import sinks
-
-    sinks._BUILTIN[COUNT_TYPE] = "bench.sinks:COUNT"
-    sinks._BUILTIN[LATENCY_TYPE] = "bench.sinks:LATENCY"
-
-
 def _sink_types() -> tuple[Any, Any]:
-    from sinks import SinkType
+    from fanout.sink import SinkType
 
     return (
         SinkType(CountSinkConfig, _build_count),
@@ -98,3 +90,10 @@ def _sink_types() -> tuple[Any, Any]:
 
 
 COUNT, LATENCY = _sink_types()
+
+
+def registry() -> Any:
+    """The sink types a benchmark config may use: the bench sinks, then every installed one."""
+    from fanout.sink import SinkRegistry
+
+    return SinkRegistry({COUNT_TYPE: COUNT, LATENCY_TYPE: LATENCY})

@@ -18,18 +18,19 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
+from prometheus_client import CollectorRegistry
 
-from fanout import dlq as dead_letters
-from fanout.checkpoint import SQLiteCheckpointStore
 from fanout.config import Config, SinkConfig
-from fanout.dispatch import Route
+from fanout.delivery import deadletter as dead_letters
+from fanout.delivery.lane import Route
 from fanout.errors import FanoutError
 from fanout.filters import compile_filters
-from fanout.metrics import Metrics
+from fanout.observe.metrics import Metrics
+from fanout.progress.sqlite import SQLiteCheckpointStore
 from fanout.retry import Backoff
-from fanout.shards import ReaderOptions, StreamWorker
 from fanout.sink import Sink, SinkContext
-from fanout.source import StreamsClient
+from fanout.stream.client import StreamsClient
+from fanout.stream.shards import ReaderOptions, StreamWorker
 
 log = logging.getLogger("fanout.app")
 
@@ -64,6 +65,21 @@ class Worker:
             streams, {name: cfg.streams or streams for name, cfg in config.sinks.items()}
         )
 
+    @property
+    def streams(self) -> list[StreamWorker]:
+        """The readers of every configured stream (empty until ``run`` starts them)."""
+        return self.workers
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The Prometheus registry ``/metrics`` serves."""
+        return self.metrics.registry
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        """Where ``/metrics``, ``/healthz`` and ``/readyz`` are served."""
+        return self.settings.http.host, self.settings.http.port
+
     def stop(self) -> None:
         """Ask for a graceful shutdown."""
         self._stop.set()
@@ -81,12 +97,9 @@ class Worker:
     # -- building ---------------------------------------------------------------------------
 
     def _build_sinks(self) -> dict[str, Sink]:
-        from sinks import sink_type
-
         sinks: dict[str, Sink] = {}
         for name, cfg in self.config.sinks.items():
-            entry = sink_type(cfg.type)
-            assert entry is not None  # checked when the config was built
+            entry = self.config.sink_type(name)
             context = SinkContext(
                 metrics=self.metrics, logger=logging.getLogger(f"fanout.sink.{name}")
             )
@@ -99,7 +112,7 @@ class Worker:
             assert dl.sink is not None
             return dead_letters.SinkDeadLetter(self.sinks[dl.sink])
         if dl.type == "sqs":
-            from fanout.sqs_dlq import SqsDeadLetter
+            from fanout.delivery.deadletter.sqs import SqsDeadLetter
 
             assert dl.queue_url is not None
             sqs: dead_letters.DeadLetter = SqsDeadLetter(
@@ -159,7 +172,7 @@ class Worker:
                     if self.handle_signals:
                         services.start_soon(self._watch_signals)
                     if self.settings.http.enabled:
-                        from fanout.health import serve
+                        from fanout.observe.health import serve
 
                         self.http_port = await services.start(serve, self)
                     services.start_soon(self._checkpoint_loop)
@@ -239,7 +252,7 @@ class Worker:
             except FanoutError as exc:
                 self.metrics.checkpoint_failures.inc()
                 log.error("checkpoint_failed", extra={"error": str(exc)})
-            self._update_gauges()
+            self.update_gauges()
 
     async def _flush_checkpoints(self) -> None:
         rows: list[Any] = []
@@ -263,7 +276,7 @@ class Worker:
             self.metrics.checkpoints.labels(name).inc(count)
         self.metrics.checkpoint_current()
 
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
         stall = self.settings.http.stall_timeout
         now = time.monotonic()
         for worker in self.workers:

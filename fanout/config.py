@@ -2,7 +2,8 @@
 
 Sinks and streams are mappings keyed by name, so one environment variable can reach one sink
 (``FANOUT_SINKS__AUDIT__PATH=/tmp/a.jsonl``). Each sink's own options are validated by the
-config model of its type (see ``sinks.REGISTRY``); every error names the field path.
+config model of its type (``fanout.sink.SinkRegistry``: the ``fanout.sinks`` entry points);
+every error names the field path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fanout.errors import ConfigError
+from fanout.sink import SinkRegistry, SinkType
 
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -248,11 +250,21 @@ class Settings(BaseSettings):
 
 
 class Config:
-    """Validated settings plus each sink's typed config."""
+    """Validated settings plus each sink's typed config and the sink types that made them."""
 
-    def __init__(self, settings: Settings, sinks: dict[str, SinkConfig]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sinks: dict[str, SinkConfig],
+        types: dict[str, SinkType[Any]] | None = None,
+    ) -> None:
         self.settings = settings
         self.sinks = sinks
+        self.types = types or {}
+
+    def sink_type(self, name: str) -> SinkType[Any]:
+        """The type of the sink called ``name``."""
+        return self.types[name]
 
     @property
     def streams(self) -> dict[str, StreamConfig]:
@@ -325,29 +337,43 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return result
 
 
-def build_config(data: dict[str, Any]) -> Config:
-    """Validate raw settings (YAML data; the environment overrides it) into a Config."""
-    from fanout import filters
-    from sinks import sink_type
+def build_config(data: dict[str, Any], registry: SinkRegistry | None = None) -> Config:
+    """Validate raw settings (YAML data; the environment overrides it) into a Config.
 
+    Args:
+        data: the parsed YAML file.
+        registry: where sink types are looked up; default: the ``fanout.sinks`` entry points
+            (the built-in sinks and every installed plugin).
+    """
+    from fanout import filters
+
+    registry = SinkRegistry() if registry is None else registry
     try:
         settings = Settings(**data)
     except ValidationError as exc:
         raise _from_validation_error(exc) from None
 
     sink_configs: dict[str, SinkConfig] = {}
+    types: dict[str, SinkType[Any]] = {}
     for name, raw in settings.sinks.items():
         prefix = f"sinks.{name}"
         kind = raw.get("type")
         if not isinstance(kind, str):
             raise ConfigError(f"{prefix}.type", "missing sink type")
-        entry = sink_type(kind)
-        if entry is None:
-            raise ConfigError(f"{prefix}.type", f"unknown sink type {kind!r}")
+        try:
+            entry = registry[kind]
+        except KeyError:
+            raise ConfigError(f"{prefix}.type", f"unknown sink type {kind!r}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{prefix}.type", exc.message) from exc
         try:
             cfg = entry.config.model_validate(raw)
         except ValidationError as exc:
             raise _from_validation_error(exc, prefix) from None
+        if not isinstance(cfg, SinkConfig):
+            raise ConfigError(
+                f"{prefix}.type", f"sink type {kind!r}: its config model is not a SinkConfig"
+            )
         for stream in cfg.streams or ():
             if stream not in settings.streams:
                 raise ConfigError(f"{prefix}.streams", f"unknown stream {stream!r}")
@@ -358,11 +384,14 @@ def build_config(data: dict[str, Any]) -> Config:
             raise ConfigError(f"{prefix}.dead_letter.sink", f"unknown sink {dl.sink!r}")
         entry.check(name, cfg, prefix)
         sink_configs[name] = cfg
-    return Config(settings, sink_configs)
+        types[name] = entry
+    return Config(settings, sink_configs, types)
 
 
-def load_config(path: str | os.PathLike[str] | None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None, registry: SinkRegistry | None = None
+) -> Config:
     """Read the YAML file (``path`` or ``$FANOUT_CONFIG``), apply the environment, validate."""
     path = path or os.environ.get("FANOUT_CONFIG")
     data = read_yaml(path) if path else {}
-    return build_config(data)
+    return build_config(data, registry)

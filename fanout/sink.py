@@ -1,16 +1,23 @@
-"""The sink contract: what every destination (built-in or third-party) implements."""
+"""The sink contract: what every destination (built-in or third-party) implements, and how
+sink types are found (the ``fanout.sinks`` entry point group)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from pydantic import BaseModel
+
+from fanout.errors import ConfigError
 from fanout.records import Record
 
 if TYPE_CHECKING:
-    from fanout.metrics import Metrics
+    from fanout.observe.metrics import Metrics
+
+ENTRY_POINT_GROUP = "fanout.sinks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +46,6 @@ class SinkContext:
 
     metrics: Metrics | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("fanout.sink"))
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Sink(Protocol):
@@ -79,3 +85,77 @@ class Sink(Protocol):
 
     async def stop(self) -> None:
         """Flush and close. Idempotent."""
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def _no_check(name: str, config: Any, path: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class SinkType(Generic[C]):
+    """How to validate and build one kind of sink.
+
+    Attributes:
+        config: the pydantic model of the sink's options; a subclass of
+            ``fanout.config.SinkConfig`` whose ``type`` field is a ``Literal`` of its name.
+        build: makes the sink from its name, validated config and context.
+        check: extra start-up validation that needs no network (raise ConfigError naming
+            the field; ``path`` is the sink's path in the config, e.g. ``sinks.audit``).
+    """
+
+    config: type[C]
+    build: Callable[[str, C, SinkContext], Sink]
+    check: Callable[[str, C, str], None] = _no_check
+
+
+class SinkRegistry(Mapping[str, "SinkType[Any]"]):
+    """Sink types by name: the ones given, then the ``fanout.sinks`` entry points.
+
+    Built-in sinks are entry points of the ``fanout`` distribution itself, so they are found
+    exactly as third-party sinks are. A type given explicitly shadows an entry point of its
+    name. Entry points are loaded on first use, one at a time, so a broken plugin fails only
+    a configuration that uses it.
+    """
+
+    def __init__(
+        self, types: Mapping[str, SinkType[Any]] | None = None, *, entry_points: bool = True
+    ) -> None:
+        self._types: dict[str, SinkType[Any]] = dict(types or {})
+        self._use_entry_points = entry_points
+        self._points: dict[str, EntryPoint] | None = None
+
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        if self._points is None:
+            self._points = {}
+            if self._use_entry_points:
+                for ep in entry_points(group=ENTRY_POINT_GROUP):
+                    self._points.setdefault(ep.name, ep)
+        return self._points
+
+    def __getitem__(self, kind: str) -> SinkType[Any]:
+        found = self._types.get(kind)
+        if found is not None:
+            return found
+        ep = self._entry_points()[kind]  # KeyError: unknown type
+        try:
+            loaded = ep.load()
+        except Exception as exc:
+            raise ConfigError(
+                "", f"sink type {kind!r} ({ep.value}) cannot be loaded: {exc}"
+            ) from exc
+        if not isinstance(loaded, SinkType):
+            raise ConfigError("", f"sink type {kind!r} ({ep.value}) is not a fanout.sink.SinkType")
+        self._types[kind] = loaded
+        return loaded
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(set(self._types) | set(self._entry_points())))
+
+    def __len__(self) -> int:
+        return len(set(self._types) | set(self._entry_points()))
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._types or kind in self._entry_points()

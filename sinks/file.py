@@ -12,8 +12,7 @@ from pydantic import Field
 
 from fanout.config import SinkConfig
 from fanout.records import Record
-from fanout.sink import Failures, SinkContext
-from sinks import SinkType
+from fanout.sink import Failures, SinkContext, SinkType
 
 
 class FileSinkConfig(SinkConfig):
@@ -76,5 +75,5 @@ def _build_stdout(name: str, config: StdoutSinkConfig, ctx: SinkContext) -> Json
     return JsonLinesSink(name, None)
 
 
-FILE = SinkType(FileSinkConfig, _build_file)
-STDOUT = SinkType(StdoutSinkConfig, _build_stdout)
+FILE: SinkType[FileSinkConfig] = SinkType(FileSinkConfig, _build_file)
+STDOUT: SinkType[StdoutSinkConfig] = SinkType(StdoutSinkConfig, _build_stdout)

@@ -24,8 +24,7 @@ from pydantic import Field
 from fanout.config import Duration, SinkConfig
 from fanout.errors import ConfigError
 from fanout.records import Record
-from fanout.sink import Failure, Failures, SinkContext
-from sinks import SinkType
+from fanout.sink import Failure, Failures, SinkContext, SinkType
 
 
 class HandlerSinkConfig(SinkConfig):
@@ -166,4 +165,4 @@ def _build(name: str, config: HandlerSinkConfig, ctx: SinkContext) -> HandlerSin
     return HandlerSink(name, config)
 
 
-HANDLER = SinkType(HandlerSinkConfig, _build, _check)
+HANDLER: SinkType[HandlerSinkConfig] = SinkType(HandlerSinkConfig, _build, _check)

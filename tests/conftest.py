@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fanout import local
+from fanout.testing import dynamodb_local as local
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"

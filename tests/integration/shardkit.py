@@ -21,9 +21,9 @@ import anyio
 
 from fanout.app import Worker
 from fanout.config import Config, build_config
-from fanout.metrics import Metrics
-from fanout.shards import ReaderOptions, StreamWorker
-from tests.streamserver import Call, Change, Shard, Stream, StreamServer
+from fanout.observe.metrics import Metrics
+from fanout.stream.shards import ReaderOptions, StreamWorker
+from fanout.testing.streamserver import Call, Change, Shard, Stream, StreamServer
 
 
 @dataclass

@@ -17,11 +17,11 @@ import anyio.to_thread
 import orjson
 import pytest
 
-from fanout.__main__ import main
 from fanout.app import Worker
+from fanout.cli import main
 from fanout.config import load_config
-from fanout.dlq import read_entries
-from fanout.shards import ReaderOptions
+from fanout.delivery.deadletter import read_entries
+from fanout.stream.shards import ReaderOptions
 from tests.integration import delivery_handlers as handlers
 from tests.integration.process import WorkerProcess, read_lines, wait_for
 

@@ -25,7 +25,7 @@ def test_demo_shows_changes_flowing_and_stops_cleanly_on_ctrl_c(tmp_path):
     (tmp_path / "config" / "demo.yaml").write_bytes((REPO / "config" / "demo.yaml").read_bytes())
     out = (tmp_path / "demo.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fanout.demo", "--rate", "20"],
+        [sys.executable, "-m", "fanout.testing.demo", "--rate", "20"],
         cwd=tmp_path,
         env={
             **env,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fanout import local
+from fanout.testing import dynamodb_local as local
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +166,14 @@ def test_cli_start_runs_until_signalled(tmp_path, sig):
     stderr = tmp_path / "stderr"
     with stderr.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fanout.local", "--cache-dir", str(cache), "start"],
+            [
+                sys.executable,
+                "-m",
+                "fanout.testing.dynamodb_local",
+                "--cache-dir",
+                str(cache),
+                "start",
+            ],
             cwd=repo,
             stdout=subprocess.PIPE,
             stderr=err,

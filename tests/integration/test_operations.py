@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fanout.app import Worker
 from fanout.config import build_config
 from fanout.retry import Backoff
-from fanout.shards import ReaderOptions
-from tests.streamserver import Change, StreamServer
+from fanout.stream.shards import ReaderOptions
+from fanout.testing.streamserver import Change, StreamServer
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ import anyio
 import pytest
 import yaml
 
+from fanout.testing.streamserver import Change, StreamServer
 from tests.integration.test_operations import running, stream_config
-from tests.streamserver import Change, StreamServer
 
 pytestmark = pytest.mark.integration
 

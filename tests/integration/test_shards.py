@@ -17,6 +17,8 @@ from typing import Any
 import anyio
 import pytest
 
+from fanout.progress.store import Checkpoint
+from fanout.testing.streamserver import StreamServer
 from tests.integration.shardkit import (
     COLLECTOR,
     check_key_order,
@@ -30,7 +32,6 @@ from tests.integration.shardkit import (
     wait_delivered,
     wait_for,
 )
-from tests.streamserver import StreamServer
 
 pytestmark = pytest.mark.integration
 
@@ -110,10 +111,13 @@ async def test_shard_end_finds_children_at_once_and_checkpoints_the_parent_finis
             second = put_keys(server, child, keys("k", 30), 2)
             await wait_delivered(second, timeout=5)
             took = time.monotonic() - started
-            rows = {r[1]: r for r in await run.worker.store.all()}
+            rows = {r.shard_id: r for r in await run.worker.store.all()}
         assert run.code == 0
     assert took < 3
-    assert rows[parent.shard_id][2:4] == (first[-1], True)  # finished, at its last record
+    assert (rows[parent.shard_id].sequence, rows[parent.shard_id].finished) == (
+        first[-1],
+        True,
+    )  # finished, at its last record
     lookups = [c for c in calls if c.op == "DescribeStream" and "ShardFilter" in c.body]
     assert [c.body["ShardFilter"] for c in lookups] == [
         {"Type": "CHILD_SHARDS", "ShardId": parent.shard_id}
@@ -137,11 +141,11 @@ async def test_finished_shards_are_pruned_once_no_longer_listed(tmp_path: Path) 
         async with running(config) as run:
             await wait_delivered(first + second)
 
-            async def stored() -> dict[str, Any]:
-                return {r[1]: r for r in await run.worker.store.all()}
+            async def stored() -> dict[str, Checkpoint]:
+                return {r.shard_id: r for r in await run.worker.store.all()}
 
             await wait_for(lambda: parent.shard_id in run.stream.finished)
-            assert (await stored())[parent.shard_id][3] is True
+            assert (await stored())[parent.shard_id].finished is True
             server.remove_shard(parent)  # aged out of the stream (24 h after it closed)
             await wait_for(lambda: parent.shard_id not in run.stream.finished, 5)
             rows = await stored()
@@ -424,7 +428,7 @@ async def test_on_data_loss_fail_stops_the_worker_with_a_clear_message(
         assert run.sample("fanout_data_loss_events_total") == 1
         assert run.sample("fanout_records_lost_total") == 5
     assert not set(second) & COLLECTOR.distinct()  # nothing past the gap
-    assert [r[2] for r in rows] == [first[-1]]  # the checkpoint stays before the gap
+    assert [r.sequence for r in rows] == [first[-1]]  # the checkpoint stays before the gap
     (failed,) = events(caplog, "worker_failed")
     message = failed.__dict__["error"]
     assert "DataLossError" in message
@@ -524,7 +528,7 @@ async def test_a_replaced_stream_is_read_to_its_end_then_followed(
     assert replaced.levelno == logging.WARNING
     for shard in new.shards:
         assert iterator_types(calls, shard.shard_id) == ["TRIM_HORIZON"]
-    assert old.arn not in {r[0] for r in rows}  # the old stream's checkpoints are gone
+    assert old.arn not in {r.stream_arn for r in rows}  # the old stream's checkpoints are gone
 
 
 async def test_a_stream_deleted_with_unread_records_is_reported_then_followed(

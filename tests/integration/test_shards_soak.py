@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from fanout.testing.streamserver import Shard, StreamServer
 from tests.integration.shardkit import (
     COLLECTOR,
     all_seqs,
@@ -25,7 +26,6 @@ from tests.integration.shardkit import (
     wait_delivered,
     wait_for,
 )
-from tests.streamserver import Shard, StreamServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

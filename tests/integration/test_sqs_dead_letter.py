@@ -5,8 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from fanout.delivery.deadletter.sqs import (
+    OVERFLOW_KEY,
+    SQS_MAX_MESSAGE_BYTES,
+    SqsDeadLetter,
+    load_body,
+)
 from fanout.errors import DeadLetterError
-from fanout.sqs_dlq import OVERFLOW_KEY, SQS_MAX_MESSAGE_BYTES, SqsDeadLetter, load_body
 from tests.unit.test_sqs_dlq import make_entries
 
 pytestmark = pytest.mark.integration

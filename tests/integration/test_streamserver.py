@@ -24,7 +24,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
 
-from tests.streamserver import Change, Shard, StreamServer, realistic_changes
+from fanout.testing.streamserver import Change, Shard, StreamServer, realistic_changes
 
 if TYPE_CHECKING:
     from aiobotocore.session import ClientCreatorContext
@@ -733,7 +733,7 @@ def test_standalone_process_serves_prebuilt_shards() -> None:
         [
             sys.executable,
             "-m",
-            "tests.streamserver",
+            "fanout.testing.streamserver",
             "--port",
             "0",
             "--shards",

@@ -9,11 +9,11 @@ from typing import Any
 
 import anyio
 
-from fanout.checkpoint import ShardProgress
 from fanout.config import DeadLetterConfig, RetryConfig, SinkConfig
-from fanout.dispatch import Lane, Route, ShardDispatch, open_lane
+from fanout.delivery.lane import Lane, Route, ShardDispatch, open_lane
 from fanout.errors import DeadLetterError
-from fanout.metrics import Metrics
+from fanout.observe.metrics import Metrics
+from fanout.progress.tracker import ShardProgress
 from fanout.records import Record
 from fanout.retry import Backoff
 from fanout.sink import Failures

@@ -5,8 +5,10 @@ import sqlite3
 import anyio
 import pytest
 
-from fanout.checkpoint import ShardProgress, SQLiteCheckpointStore
 from fanout.errors import CheckpointError
+from fanout.progress.sqlite import SQLiteCheckpointStore
+from fanout.progress.store import CheckpointRow
+from fanout.progress.tracker import ShardProgress
 
 ARN = "arn:aws:dynamodb:us-east-1:1:table/T/stream/x"
 
@@ -61,10 +63,10 @@ async def test_drained_waits_for_every_ticket():
 async def test_store_round_trip_and_finished_is_sticky(tmp_path):
     store = SQLiteCheckpointStore(tmp_path / "sub" / "cp.db")
     await store.open()
-    await store.save([(ARN, "a", "100", False), (ARN, "b", "7", False)])
-    await store.save([(ARN, "a", "150", False)])
-    await store.save([(ARN, "b", None, True)])
-    await store.save([(ARN, "b", "8", False)])  # finished never goes back
+    await store.save([CheckpointRow(ARN, "a", "100", False), CheckpointRow(ARN, "b", "7", False)])
+    await store.save([CheckpointRow(ARN, "a", "150", False)])
+    await store.save([CheckpointRow(ARN, "b", None, True)])
+    await store.save([CheckpointRow(ARN, "b", "8", False)])  # finished never goes back
     loaded = await store.load(ARN)
     assert loaded["a"].sequence == "150"
     assert not loaded["a"].finished
@@ -89,7 +91,11 @@ async def test_stream_start_is_stored_once(tmp_path):
 async def test_prune_removes_only_finished_unlisted_shards(tmp_path):
     store = SQLiteCheckpointStore(tmp_path / "cp.db")
     await store.save(
-        [(ARN, "old", "1", True), (ARN, "listed", "2", True), (ARN, "open", "3", False)]
+        [
+            CheckpointRow(ARN, "old", "1", True),
+            CheckpointRow(ARN, "listed", "2", True),
+            CheckpointRow(ARN, "open", "3", False),
+        ]
     )
     assert await store.prune(ARN, ["listed"]) == 1
     assert set(await store.load(ARN)) == {"listed", "open"}
@@ -110,7 +116,7 @@ def test_kill_during_write_leaves_the_previous_checkpoint(tmp_path):
 
     async def setup():
         store = SQLiteCheckpointStore(path)
-        await store.save([(ARN, "a", "100", False)])
+        await store.save([CheckpointRow(ARN, "a", "100", False)])
         await store.aclose()
 
     anyio.run(setup)

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fanout.__main__ import main
+from fanout.cli import main
 from fanout.config import build_config, load_config, parse_duration
 from fanout.errors import ConfigError
 
@@ -285,7 +285,7 @@ def test_validate_ok_and_missing_config(tmp_path, capsys, monkeypatch):
 
 
 def test_committed_schema_is_current():
-    from fanout.schema import json_schema
+    from fanout.cli.schema import json_schema
 
     committed = Path(__file__).parents[2] / "config" / "schema.json"
     assert orjson.loads(committed.read_bytes()) == orjson.loads(orjson.dumps(json_schema())), (
@@ -294,7 +294,7 @@ def test_committed_schema_is_current():
 
 
 def test_schema_describes_sink_types():
-    from fanout.schema import json_schema
+    from fanout.cli.schema import json_schema
 
     schema = json_schema()
     variants = schema["properties"]["sinks"]["additionalProperties"]["oneOf"]

@@ -24,7 +24,7 @@ from packaging.version import Version
 
 from fanout import __version__
 from fanout.config import HttpConfig, load_config
-from fanout.metrics import Metrics
+from fanout.observe.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -316,11 +316,11 @@ def test_dockerfile_builds_from_the_lock_and_runs_as_a_user():
 
 def test_dockerfile_entrypoint_is_the_console_script_and_cmd_a_command():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["fanout"] == "fanout.__main__:main"
+    assert pyproject["project"]["scripts"]["fanout"] == "fanout.cli:main"
     assert json.loads(last("ENTRYPOINT")) == ["fanout"]
     cmd = json.loads(last("CMD"))
     assert cmd == ["run"]
-    from fanout.__main__ import _parser
+    from fanout.cli import _parser
 
     assert _parser().parse_args(cmd).command == "run"
     # the installed console script works
@@ -358,7 +358,7 @@ def test_the_config_path_the_image_reads_works_with_fanout(tmp_path):
 async def test_the_healthcheck_command_probes_healthz(tmp_path):
     from fanout.app import Worker
     from fanout.config import build_config
-    from fanout.health import serve
+    from fanout.observe.health import serve
 
     healthcheck = last("HEALTHCHECK")
     command = json.loads(healthcheck[healthcheck.index("CMD") + 3 :].strip())

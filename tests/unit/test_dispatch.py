@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import anyio
 import pytest
 
-from fanout.checkpoint import ShardProgress
-from fanout.dispatch import KeyedLane, Lane, ShardDispatch
-from fanout.dlq import PartialDeadLetterError
-from fanout.metrics import Metrics
+from fanout.delivery.deadletter import PartialDeadLetterError
+from fanout.delivery.lane import KeyedLane, Lane, ShardDispatch
+from fanout.observe.metrics import Metrics
+from fanout.progress.tracker import ShardProgress
 from fanout.records import Record, deserialize_image
 from fanout.sink import Failure, Failures
 from tests.unit.delivery_fakes import (

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from fanout.__main__ import main
-from fanout.dlq import FileDeadLetter, entry, read_entries
+from fanout.cli import main
+from fanout.delivery.deadletter import FileDeadLetter, entry, read_entries
 from tests.unit.delivery_fakes import ARN, SHARD, rec, seq_of, seqs
 from tests.unit.helpers import dlq_handlers
 

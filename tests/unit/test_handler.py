@@ -6,11 +6,11 @@ from typing import Any
 import anyio
 import pytest
 
-from fanout.checkpoint import ShardProgress
-from fanout.dispatch import Lane, Route
-from fanout.dlq import FileDeadLetter
+from fanout.delivery.deadletter import FileDeadLetter
+from fanout.delivery.lane import Lane, Route
 from fanout.errors import ConfigError
-from fanout.metrics import Metrics
+from fanout.observe.metrics import Metrics
+from fanout.progress.tracker import ShardProgress
 from fanout.retry import Backoff
 from sinks.handler import (
     HandlerSink,

@@ -11,11 +11,11 @@ import aiohttp
 import anyio
 from prometheus_client.parser import text_string_to_metric_families
 
-from fanout import health
 from fanout.app import Worker
 from fanout.config import build_config
 from fanout.errors import CheckpointError
-from fanout.metrics import Metrics
+from fanout.observe import health
+from fanout.observe.metrics import Metrics
 
 
 @dataclass
@@ -24,7 +24,7 @@ class FakeStream:
     ready: bool = True
     discovery_error: str | None = None
     discovered_at: float | None = field(default_factory=time.monotonic)
-    config: Any = field(default_factory=lambda: SimpleNamespace(discovery_interval=60.0))
+    discovery_interval: float = 60.0
 
 
 class FakeStore:
@@ -46,7 +46,7 @@ class FakeWorker:
         self.started = anyio.Event()
         self.stopping = False
         self.store = FakeStore()
-        self.workers: list[FakeStream] = [FakeStream("orders")]
+        self.streams: list[FakeStream] = [FakeStream("orders")]
         self.stalled: list[tuple[str, str, float]] = []
         self.metrics = Metrics()
 
@@ -55,7 +55,7 @@ class FakeWorker:
 
 
 async def ready(worker: FakeWorker) -> tuple[bool, dict[str, Any]]:
-    return await health.readiness(cast("Worker", worker))
+    return await health.readiness(worker)
 
 
 async def test_not_ready_while_starting_and_the_store_is_not_touched():
@@ -98,14 +98,14 @@ async def test_not_ready_when_the_checkpoint_store_does_not_answer(monkeypatch):
 async def test_not_ready_until_every_stream_was_listed():
     worker = FakeWorker()
     worker.started.set()
-    worker.workers.append(FakeStream("users", ready=False, discovered_at=None))
+    worker.streams.append(FakeStream("users", ready=False, discovered_at=None))
     assert await ready(worker) == (False, {"streams_not_ready": ["users"]})
 
 
 async def test_not_ready_when_the_last_discovery_failed():
     worker = FakeWorker()
     worker.started.set()
-    worker.workers[0].discovery_error = "DescribeStream: 500 InternalServerError"
+    worker.streams[0].discovery_error = "DescribeStream: 500 InternalServerError"
     ok, problems = await ready(worker)
     assert not ok
     assert problems == {
@@ -118,8 +118,8 @@ async def test_not_ready_when_the_last_discovery_failed():
 async def test_not_ready_when_no_discovery_succeeded_for_too_long():
     worker = FakeWorker()
     worker.started.set()
-    stream = worker.workers[0]
-    stream.config.discovery_interval = 10.0
+    stream = worker.streams[0]
+    stream.discovery_interval = 10.0
     stream.discovered_at = time.monotonic() - 2 * 10 - health._DISCOVERY_SLACK_S + 5
     assert await ready(worker) == (True, {})
     stream.discovered_at = time.monotonic() - 2 * 10 - health._DISCOVERY_SLACK_S - 5

@@ -1,4 +1,4 @@
-"""fanout.local without Java or npm: stand-in scripts play both."""
+"""fanout.testing.dynamodb_local without Java or npm: stand-in scripts play both."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fanout import local
+from fanout.testing import dynamodb_local as local
 
 FAKE_JAR = b"not really a jar"
 
@@ -443,5 +443,7 @@ def test_error_when_java_cannot_run(tmp_path):
 
 def test_error_when_the_jar_is_missing(tmp_path):
     ddb = local.DynamoDBLocal(emulator_dir=tmp_path, java=sys.executable)
-    with pytest.raises(local.LocalServiceError, match=r"python -m fanout\.local fetch"):
+    with pytest.raises(
+        local.LocalServiceError, match=r"python -m fanout\.testing\.dynamodb_local fetch"
+    ):
         ddb.start()

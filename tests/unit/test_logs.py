@@ -14,10 +14,10 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from fanout import logs
 from fanout.config import Config, Settings, SinkConfig
-from fanout.logs import JsonFormatter, Redactor, TextFormatter, config_secrets
-from tests.streamserver import Change, StreamServer
+from fanout.observe import logs
+from fanout.observe.logs import JsonFormatter, Redactor, TextFormatter, config_secrets
+from fanout.testing.streamserver import Change, StreamServer
 
 REPO = Path(__file__).resolve().parents[2]
 

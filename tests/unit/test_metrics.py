@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fanout import __version__
 from fanout.app import Worker
 from fanout.config import build_config
-from fanout.metrics import GET_RECORDS_OUTCOMES, SINK_OUTCOMES, Metrics
+from fanout.observe.metrics import GET_RECORDS_OUTCOMES, SINK_OUTCOMES, Metrics
+from fanout.progress.store import CheckpointRow
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -212,7 +213,7 @@ def test_gauges_from_shard_state(tmp_path):
     )
     users = SimpleNamespace(name="users", progress={"s4": _progress("s4", now - 0.5, [])})
     worker.workers = cast("Any", [orders, users])
-    worker._update_gauges()
+    worker.update_gauges()
     m = worker.metrics
     assert value(m, "fanout_in_flight_records", stream="orders") == 9
     assert value(m, "fanout_in_flight_records", stream="users") == 0
@@ -227,7 +228,9 @@ async def test_checkpoint_flush_counts_written_rows_and_marks_the_store_current(
     worker = _worker(tmp_path)
     m = worker.metrics
     m.checkpoint_current(time.time() - 500)
-    rows = [("arn:aws:dynamodb:us-east-1:1:table/Orders/stream/x", "shard-1", "100", False)]
+    rows = [
+        CheckpointRow("arn:aws:dynamodb:us-east-1:1:table/Orders/stream/x", "shard-1", "100", False)
+    ]
     orders = SimpleNamespace(name="orders", progress={}, checkpoint_rows=lambda: list(rows))
     worker.workers = cast("Any", [orders])
     await worker.store.open()

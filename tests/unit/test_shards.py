@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fanout.shards import (
+from fanout.stream.shards import (
     ReaderOptions,
     _iso,
     backoff_delay,

@@ -10,6 +10,7 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from fanout.aws.signer import Signer
 from fanout.errors import (
     IteratorExpired,
     ServiceError,
@@ -18,7 +19,8 @@ from fanout.errors import (
     Throttled,
     TrimmedData,
 )
-from fanout.source import Shard, Signer, _error
+from fanout.stream.api import Shard
+from fanout.stream.client import _error
 
 NOW = datetime.datetime(2026, 3, 4, 5, 6, 7)
 

@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 import pytest
 
-from fanout.dlq import PartialDeadLetterError, entry
+from fanout.delivery.deadletter import PartialDeadLetterError, entry
+from fanout.delivery.deadletter.sqs import OVERFLOW_KEY, SqsDeadLetter, load_body
 from fanout.errors import DeadLetterError
 from fanout.retry import Backoff, no_wait
-from fanout.sqs_dlq import OVERFLOW_KEY, SqsDeadLetter, load_body
 from tests.unit.delivery_fakes import ARN, SHARD, rec
 
 

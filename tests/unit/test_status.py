@@ -7,10 +7,11 @@ import anyio
 import orjson
 import pytest
 
-from fanout.__main__ import main
-from fanout.checkpoint import SQLiteCheckpointStore
+from fanout.cli import main
+from fanout.cli.status import collect, count_lines, render
 from fanout.config import load_config
-from fanout.status import collect, count_lines, render
+from fanout.progress.sqlite import SQLiteCheckpointStore
+from fanout.progress.store import CheckpointRow
 
 ORDERS_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Orders/stream/2024-01-01T00:00:00.000"
 USERS_ARN = "arn:aws:dynamodb:us-east-1:123456789012:stream/users-explicit"
@@ -47,10 +48,10 @@ def seed_store(tmp_path: Path) -> None:
         try:
             await store.save(
                 [
-                    (ORDERS_ARN, "shardId-0001", "100", True),
-                    (ORDERS_ARN, "shardId-0002", "250", False),
-                    (USERS_ARN, "shardId-0009", None, False),
-                    (GONE_ARN, "shardId-0100", "5", False),
+                    CheckpointRow(ORDERS_ARN, "shardId-0001", "100", True),
+                    CheckpointRow(ORDERS_ARN, "shardId-0002", "250", False),
+                    CheckpointRow(USERS_ARN, "shardId-0009", None, False),
+                    CheckpointRow(GONE_ARN, "shardId-0100", "5", False),
                 ]
             )
         finally:
@@ -148,7 +149,7 @@ def test_status_with_a_bad_config(tmp_path, capsys):
 
 
 def test_status_masks_secrets_of_the_config_in_destinations(tmp_path, monkeypatch, capsys):
-    from fanout import logs
+    from fanout.observe import logs
 
     monkeypatch.setattr(logs, "REDACTOR", logs.Redactor())
     monkeypatch.setenv("DLQ_QUEUE", "queue-named-by-a-secret-9f2")

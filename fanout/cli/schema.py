@@ -10,12 +10,14 @@ from pydantic import TypeAdapter
 def json_schema() -> dict[str, Any]:
     """Settings' schema, with ``sinks`` values described by each sink type's own model."""
     from fanout.config import Settings
-    from sinks import all_types
+    from fanout.sink import SinkRegistry
 
     schema = Settings.model_json_schema()
     defs: dict[str, Any] = schema.setdefault("$defs", {})
     variants = []
-    for kind, entry in sorted(all_types().items()):
+    registry = SinkRegistry()
+    for kind in registry:
+        entry = registry[kind]
         sub = TypeAdapter(entry.config).json_schema(ref_template="#/$defs/{model}")
         defs.update(sub.pop("$defs", {}))
         title = sub.get("title", kind)

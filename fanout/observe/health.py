@@ -16,18 +16,65 @@ the process is wedged. ``/readyz`` answers 200 only while the worker is doing it
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import anyio
 import orjson
 from aiohttp import web
 from anyio.abc import TaskStatus
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from fanout.errors import FanoutError
+from fanout.progress.store import Checkpoint
 
-if TYPE_CHECKING:
-    from fanout.app import Worker
+
+class StreamView(Protocol):
+    """What readiness needs to know of one configured stream."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def discovery_error(self) -> str | None: ...
+    @property
+    def discovered_at(self) -> float | None: ...
+    @property
+    def discovery_interval(self) -> float: ...
+
+
+class Probed(Protocol):
+    """What readiness needs to know of one store."""
+
+    async def load(self, stream_arn: str) -> dict[str, Checkpoint]: ...
+
+
+class ReadinessView(Protocol):
+    """What ``/readyz`` needs to know of the worker."""
+
+    @property
+    def started(self) -> anyio.Event: ...
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def store(self) -> Probed: ...
+    @property
+    def streams(self) -> Sequence[StreamView]: ...
+
+    def stalled_shards(self) -> list[tuple[str, str, float]]: ...
+
+
+class WorkerView(ReadinessView, Protocol):
+    """What the endpoint needs of the worker (``fanout.app.Worker`` is one)."""
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+    @property
+    def listen(self) -> tuple[str, int]: ...
+
+    def update_gauges(self) -> None: ...
+
 
 # A SQLite query on the primary key answers in microseconds; a store that takes longer than
 # this is wedged (a stuck disk) or held by a long write, and the pod should not get traffic.
@@ -39,7 +86,7 @@ _DISCOVERY_SLACK_S = 60.0
 _PROBE_ARN = "fanout:readiness-probe"
 
 
-async def store_problem(worker: Worker) -> str | None:
+async def store_problem(worker: ReadinessView) -> str | None:
     """None when the checkpoint store answers a cheap query in time, else why not."""
     try:
         with anyio.fail_after(_STORE_TIMEOUT_S):
@@ -51,21 +98,21 @@ async def store_problem(worker: Worker) -> str | None:
     return None
 
 
-def stream_problems(worker: Worker, now: float | None = None) -> dict[str, Any]:
+def stream_problems(worker: ReadinessView, now: float | None = None) -> dict[str, Any]:
     """Streams never listed, and streams whose discovery failed or is overdue."""
     now = time.monotonic() if now is None else now
     problems: dict[str, Any] = {}
-    not_ready = [w.name for w in worker.workers if not w.ready]
+    not_ready = [w.name for w in worker.streams if not w.ready]
     if not_ready:
         problems["streams_not_ready"] = not_ready
     unreachable = []
-    for w in worker.workers:
+    for w in worker.streams:
         if not w.ready:
             continue
         if w.discovery_error is not None:
             unreachable.append({"stream": w.name, "error": w.discovery_error})
             continue
-        overdue = 2 * w.config.discovery_interval + _DISCOVERY_SLACK_S
+        overdue = 2 * w.discovery_interval + _DISCOVERY_SLACK_S
         if w.discovered_at is not None and now - w.discovered_at > overdue:
             unreachable.append(
                 {
@@ -78,7 +125,7 @@ def stream_problems(worker: Worker, now: float | None = None) -> dict[str, Any]:
     return problems
 
 
-async def readiness(worker: Worker) -> tuple[bool, dict[str, Any]]:
+async def readiness(worker: ReadinessView) -> tuple[bool, dict[str, Any]]:
     """``(ready, problems)``: ready when started, the store and streams answer, no stall."""
     problems: dict[str, Any] = {}
     if not worker.started.is_set():
@@ -98,12 +145,12 @@ async def readiness(worker: Worker) -> tuple[bool, dict[str, Any]]:
     return not problems, problems
 
 
-def make_app(worker: Worker) -> web.Application:
+def make_app(worker: WorkerView) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         # Gauges derived from the shards' state are refreshed on every scrape, not only
         # on the checkpoint loop's beat.
-        worker._update_gauges()
-        body = generate_latest(worker.metrics.registry)
+        worker.update_gauges()
+        body = generate_latest(worker.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
@@ -123,19 +170,18 @@ def make_app(worker: Worker) -> web.Application:
 
 
 async def serve(
-    worker: Worker, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    worker: WorkerView, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve until cancelled; reports the bound port through ``task_status``."""
-    http = worker.settings.http
+    host, port = worker.listen
     runner = web.AppRunner(make_app(worker), access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, http.host, http.port)
+        site = web.TCPSite(runner, host, port)
         await site.start()
-        port = http.port
-        sockets = getattr(site._server, "sockets", None)
-        if sockets:
-            port = int(sockets[0].getsockname()[1])
+        for address in runner.addresses:  # the port bound, when port 0 picked a free one
+            port = int(address[1])
+            break
         task_status.started(port)
         await anyio.sleep_forever()
     finally:

@@ -36,7 +36,7 @@ import anyio.to_thread
 import orjson
 
 from fanout.config import Config, SinkConfig
-from fanout.dlq import Entry, entry_key, read_entries
+from fanout.delivery.deadletter import Entry, entry_key, read_entries
 from fanout.errors import ConfigError, DeadLetterError, FanoutError
 
 log = logging.getLogger("fanout.dlqcli")
@@ -361,10 +361,9 @@ class Redriver:
     """Delivers entries to one sink with the delivery logic of the worker."""
 
     def __init__(self, config: Config, target: str, attempts: int) -> None:
-        from fanout.metrics import Metrics
+        from fanout.observe.metrics import Metrics
         from fanout.retry import Backoff
         from fanout.sink import SinkContext
-        from sinks import sink_type
 
         if target not in config.sinks:
             raise ConfigError("--to", f"unknown sink {target!r}")
@@ -373,8 +372,7 @@ class Redriver:
             update={"max_attempts": max(1, attempts), "max_record_age": -1.0}
         )
         self.config = cfg.model_copy(update={"retry": retry, "parallelization_factor": 1})
-        entry = sink_type(cfg.type)
-        assert entry is not None
+        entry = config.sink_type(target)
         self.metrics = Metrics()
         self.sink = entry.build(
             target, cfg, SinkContext(metrics=self.metrics, logger=logging.getLogger("fanout.sink"))
@@ -392,8 +390,8 @@ class Redriver:
 
     async def deliver(self, items: list[Entry]) -> list[bool]:
         """Deliver the records of ``items`` (in order); True for each that went through."""
-        from fanout.checkpoint import ShardProgress
-        from fanout.dispatch import Lane, Route
+        from fanout.delivery.lane import Lane, Route
+        from fanout.progress.tracker import ShardProgress
 
         route = Route(
             name=self.target,
@@ -480,7 +478,7 @@ def _sqs_client(source: Source) -> Any:
 
 
 async def _redrive_sqs(source: Source, sink: str, redriver: Redriver, report: Report) -> None:
-    from fanout.sqs_dlq import load_body
+    from fanout.delivery.deadletter.sqs import load_body
 
     url = source.queue_url
     release: list[str] = []  # receipt handles to make visible again at the end

@@ -1,107 +1,17 @@
-"""Progress per shard: the settled frontier in memory, and the SQLite checkpoint store.
-
-A shard's checkpoint is the highest sequence number such that every record up to it has
-been settled (delivered, filtered out or dead-lettered) for every sink it was routed to.
-Records arrive in pages; each page gets a ``Ticket`` counting the record deliveries still
-owed for it, and the frontier moves over tickets in page order only.
-"""
+"""The SQLite checkpoint store: one file, one worker."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections import deque
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
 from fanout.errors import CheckpointError
-
-
-class Ticket:
-    """One page of one shard: ``pending`` record deliveries are still owed for it."""
-
-    __slots__ = ("last_seq", "pending", "shard")
-
-    def __init__(self, shard: ShardProgress, last_seq: str) -> None:
-        self.shard = shard
-        self.last_seq = last_seq
-        # Starts at 1: the reader holds the ticket open until it has handed the page to
-        # every sink, so a quick sink cannot settle the page before a slow one received it.
-        self.pending = 1
-
-    def settle(self, count: int) -> None:
-        """``count`` deliveries of this page are done (delivered or dead-lettered)."""
-        self.pending -= count
-        if self.pending == 0:
-            self.shard.advance()
-
-
-class ShardProgress:
-    """The settled frontier of one shard, plus what is needed to notice a stall."""
-
-    __slots__ = (
-        "_drained",
-        "dirty",
-        "frontier",
-        "last_progress",
-        "shard_id",
-        "stream_arn",
-        "stream_name",
-        "tickets",
-    )
-
-    def __init__(
-        self, stream_name: str, stream_arn: str, shard_id: str, frontier: str | None
-    ) -> None:
-        self.stream_name = stream_name
-        self.stream_arn = stream_arn
-        self.shard_id = shard_id
-        self.frontier = frontier
-        self.tickets: deque[Ticket] = deque()
-        self.dirty = False
-        self.last_progress = time.monotonic()
-        self._drained: anyio.Event | None = None
-
-    def open(self, last_seq: str) -> Ticket:
-        ticket = Ticket(self, last_seq)
-        self.tickets.append(ticket)
-        return ticket
-
-    def advance(self) -> None:
-        tickets = self.tickets
-        moved = False
-        while tickets and tickets[0].pending == 0:
-            self.frontier = tickets.popleft().last_seq
-            moved = True
-        if moved:
-            self.dirty = True
-            self.last_progress = time.monotonic()
-            if not tickets and self._drained is not None:
-                self._drained.set()
-
-    @property
-    def pending(self) -> bool:
-        """True while some read record is not settled yet."""
-        return bool(self.tickets)
-
-    async def drained(self) -> None:
-        """Wait until every ticket handed out so far is settled."""
-        while self.tickets:
-            self._drained = anyio.Event()
-            await self._drained.wait()
-        self._drained = None
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    shard_id: str
-    sequence: str | None
-    finished: bool
-    updated_at: float
-
+from fanout.progress.store import Checkpoint, CheckpointRow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -171,9 +81,9 @@ class SQLiteCheckpointStore:
             "WHERE stream_arn = ?",
             (stream_arn,),
         )
-        return {r[0]: Checkpoint(r[0], r[1], bool(r[2]), r[3]) for r in rows}
+        return {r[0]: Checkpoint(stream_arn, r[0], r[1], bool(r[2]), r[3]) for r in rows}
 
-    def _save(self, rows: list[tuple[str, str, str | None, bool]]) -> None:
+    def _save(self, rows: Sequence[CheckpointRow]) -> None:
         db = self._connect()
         now = time.time()
         db.execute("BEGIN")
@@ -183,7 +93,7 @@ class SQLiteCheckpointStore:
                 "updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_arn, shard_id) DO UPDATE "
                 "SET sequence_number = COALESCE(excluded.sequence_number, sequence_number), "
                 "finished = MAX(finished, excluded.finished), updated_at = excluded.updated_at",
-                [(arn, shard, seq, int(fin), now) for arn, shard, seq, fin in rows],
+                [(r.stream_arn, r.shard_id, r.sequence, int(r.finished), now) for r in rows],
             )
             db.execute("COMMIT")
         except BaseException:
@@ -203,7 +113,7 @@ class SQLiteCheckpointStore:
         )
         return timestamp, True
 
-    def _prune(self, stream_arn: str, keep: list[str]) -> int:
+    def _prune(self, stream_arn: str, keep: Sequence[str]) -> int:
         db = self._connect()
         marks = ",".join("?" * len(keep)) or "''"
         cursor = db.execute(
@@ -213,12 +123,12 @@ class SQLiteCheckpointStore:
         )
         return cursor.rowcount
 
-    def _all(self) -> list[tuple[str, str, str | None, bool, float]]:
+    def _all(self) -> list[Checkpoint]:
         rows = self._connect().execute(
             "SELECT stream_arn, shard_id, sequence_number, finished, updated_at FROM checkpoints "
             "ORDER BY stream_arn, shard_id"
         )
-        return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+        return [Checkpoint(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
 
     # -- async API --------------------------------------------------------------------------
 
@@ -228,8 +138,8 @@ class SQLiteCheckpointStore:
         assert isinstance(result, dict)
         return result
 
-    async def save(self, rows: list[tuple[str, str, str | None, bool]]) -> None:
-        """Write ``(stream_arn, shard_id, sequence, finished)`` rows in one transaction.
+    async def save(self, rows: Sequence[CheckpointRow]) -> None:
+        """Write ``rows`` in one transaction.
 
         A ``None`` sequence keeps the stored one; ``finished`` never goes back to False.
         """
@@ -246,13 +156,14 @@ class SQLiteCheckpointStore:
         assert isinstance(result, tuple)
         return result
 
-    async def prune(self, stream_arn: str, keep: list[str]) -> int:
+    async def prune(self, stream_arn: str, keep: Sequence[str]) -> int:
         """Delete finished checkpoints of shards not in ``keep`` (no longer listed)."""
         result = await self._run("_prune", stream_arn, keep)
         assert isinstance(result, int)
         return result
 
-    async def all(self) -> list[tuple[str, str, str | None, bool, float]]:
+    async def all(self) -> list[Checkpoint]:
+        """Every checkpoint of every stream, ordered by stream ARN and shard id."""
         result = await self._run("_all")
         assert isinstance(result, list)
         return result

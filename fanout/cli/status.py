@@ -25,6 +25,7 @@ from fanout.errors import ConfigError, FanoutError
 
 if TYPE_CHECKING:
     from fanout.config import Config
+    from fanout.progress.store import Checkpoint
 
 EXIT_OK = 0
 EXIT_NO_STORE = 1
@@ -117,7 +118,7 @@ def dead_letters(config: Config) -> list[DeadLetterStatus]:
 
 
 def _without_credentials(url: str | None) -> str:
-    from fanout.logs import REDACTOR
+    from fanout.observe.logs import REDACTOR
 
     return REDACTOR.redact(url or "")
 
@@ -131,14 +132,14 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     """
     import anyio
 
-    from fanout.checkpoint import SQLiteCheckpointStore
+    from fanout.progress.sqlite import SQLiteCheckpointStore
 
     now = time.time() if now is None else now
     path = Path(config.settings.checkpoints.path)
     if not path.exists():
         raise FileNotFoundError(str(path))
 
-    async def read() -> list[tuple[str, str, str | None, bool, float]]:
+    async def read() -> list[Checkpoint]:
         store = SQLiteCheckpointStore(path)
         try:
             return await store.all()
@@ -147,7 +148,14 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
 
     rows = anyio.run(read)
     shards = []
-    for arn, shard_id, seq, finished, updated_at in rows:
+    for row in rows:
+        arn, shard_id, seq, finished, updated_at = (
+            row.stream_arn,
+            row.shard_id,
+            row.sequence,
+            row.finished,
+            row.updated_at,
+        )
         stream = _stream_of(arn, config) or "(not configured)"
         shards.append(
             ShardStatus(
@@ -275,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fanout: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from fanout.logs import REDACTOR, config_secrets
+    from fanout.observe.logs import REDACTOR, config_secrets
 
     REDACTOR.add(*config_secrets(config, path))  # destinations are printed masked like logs
     try:

@@ -49,10 +49,10 @@ from typing import Any
 
 import anyio
 
-from fanout import dlq as dead_letters
-from fanout.checkpoint import ShardProgress, Ticket
 from fanout.config import SinkConfig
-from fanout.metrics import Metrics
+from fanout.delivery import deadletter as dead_letters
+from fanout.observe.metrics import Metrics
+from fanout.progress.tracker import ShardProgress, Ticket
 from fanout.records import Record, approximate_creation_time, item_key
 from fanout.retry import Backoff
 from fanout.sink import Failure, Failures, Sink

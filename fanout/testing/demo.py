@@ -1,6 +1,6 @@
 """The ``make run`` demo: DynamoDB Local, a table with a stream, a trickle of changes, fanout.
 
-``python -m fanout.demo [--config config/demo.yaml] [--rate 5]`` starts DynamoDB Local on a
+``python -m fanout.testing.demo [--config config/demo.yaml] [--rate 5]`` starts DynamoDB Local on a
 free port, creates ``DemoOrders`` (stream NEW_AND_OLD_IMAGES), writes inserts, updates and
 deletes at a steady rate, and runs the worker until Ctrl-C.
 """
@@ -105,14 +105,14 @@ async def _run(config_path: str, rate: float, endpoint: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fanout.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fanout.testing.demo", description=__doc__)
     parser.add_argument("--config", default="config/demo.yaml")
     parser.add_argument("--rate", type=float, default=5.0, help="changes per second")
     args = parser.parse_args(argv)
 
-    from fanout import logs
     from fanout.errors import ConfigError
-    from fanout.local import DynamoDBLocal, fetch
+    from fanout.observe import logs
+    from fanout.testing.dynamodb_local import DynamoDBLocal, fetch
 
     logs.setup("text", "INFO")
     # DynamoDB Local needs credentials of some kind; it accepts any.

@@ -11,17 +11,13 @@ Lambda events do not have.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import time
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
 
+from fanout.aws.signer import Signer
 from fanout.errors import (
     IteratorExpired,
     ServiceError,
@@ -30,13 +26,12 @@ from fanout.errors import (
     Throttled,
     TrimmedData,
 )
-from fanout.records import Record
+from fanout.stream.api import Page, TableStream
 
-log = logging.getLogger("fanout.source")
+log = logging.getLogger("fanout.stream.client")
 
 _STREAMS = "DynamoDBStreams_20120810."
 _DYNAMODB = "DynamoDB_20120810."
-_JSON = "application/x-amz-json-1.0"
 
 _THROTTLING = frozenset(
     {
@@ -71,132 +66,6 @@ def _error(status: int, body: bytes, op: str) -> SourceError:
     if status >= 500:
         return ServiceError(text, code=code, status=status)
     return SourceError(text, code=code, status=status)
-
-
-class Signer:
-    """AWS Signature Version 4 for JSON 1.0 POSTs to one region and service.
-
-    The signing key is derived once per day and secret; per request the work is two
-    SHA-256 digests and one HMAC over short strings.
-    """
-
-    def __init__(self, region: str, service: str = "dynamodb") -> None:
-        self.region = region
-        self.service = service
-        self._keys: dict[tuple[str, str], bytes] = {}
-        self._urls: dict[str, tuple[str, str]] = {}
-
-    def _target(self, url: str) -> tuple[str, str]:
-        """(host header, canonical path) of an endpoint URL, as botocore computes them."""
-        found = self._urls.get(url)
-        if found is None:
-            parts = urlsplit(url)
-            host = parts.hostname or ""
-            if ":" in host:
-                host = f"[{host}]"
-            if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(
-                parts.scheme
-            ):
-                host = f"{host}:{parts.port}"
-            found = self._urls[url] = (host, quote(parts.path or "/", safe="/~"))
-        return found
-
-    def _key(self, secret: str, day: str) -> bytes:
-        key = self._keys.get((secret, day))
-        if key is None:
-            key = f"AWS4{secret}".encode()
-            for part in (day, self.region, self.service, "aws4_request"):
-                key = hmac.digest(key, part.encode(), "sha256")
-            if len(self._keys) > 4:
-                self._keys.clear()
-            self._keys[(secret, day)] = key
-        return key
-
-    def headers(
-        self,
-        url: str,
-        target: str,
-        body: bytes,
-        access_key: str,
-        secret_key: str,
-        token: str | None = None,
-        now: float | None = None,
-    ) -> dict[str, str]:
-        """Every header of the request, Authorization included (aiohttp adds Host)."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        day = stamp[:8]
-        host, path = self._target(url)
-        signed = [
-            ("content-type", _JSON),
-            ("host", host),
-            ("x-amz-date", stamp),
-        ]
-        if token:
-            signed.append(("x-amz-security-token", token))
-        signed.append(("x-amz-target", target))
-        names = ";".join(name for name, _ in signed)
-        canonical = "POST\n{}\n\n{}\n{}\n{}".format(
-            path,
-            "".join(f"{name}:{value}\n" for name, value in signed),
-            names,
-            hashlib.sha256(body).hexdigest(),
-        )
-        scope = f"{day}/{self.region}/{self.service}/aws4_request"
-        to_sign = (
-            f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        )
-        signature = hmac.new(self._key(secret_key, day), to_sign.encode(), "sha256").hexdigest()
-        headers = {
-            "Content-Type": _JSON,
-            "X-Amz-Target": target,
-            "X-Amz-Date": stamp,
-            "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
-            f"SignedHeaders={names}, Signature={signature}",
-        }
-        if token:
-            headers["X-Amz-Security-Token"] = token
-        return headers
-
-
-@dataclass(frozen=True, slots=True)
-class Shard:
-    """One shard as DescribeStream lists it."""
-
-    shard_id: str
-    parent_id: str | None
-    starting_sequence: str
-    ending_sequence: str | None  # set once the shard is closed
-
-    @classmethod
-    def from_wire(cls, raw: dict[str, Any]) -> Shard:
-        seq = raw.get("SequenceNumberRange", {})
-        return cls(
-            shard_id=raw["ShardId"],
-            parent_id=raw.get("ParentShardId"),
-            starting_sequence=seq.get("StartingSequenceNumber", "0"),
-            ending_sequence=seq.get("EndingSequenceNumber"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class TableStream:
-    """What DescribeTable says about a table's stream."""
-
-    table_arn: str
-    stream_arn: str | None  # the latest stream, None when no stream is enabled
-
-    @property
-    def stream_prefix(self) -> str:
-        """Every stream ARN of this table starts with this."""
-        return f"{self.table_arn}/stream/"
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One GetRecords answer."""
-
-    records: list[Record]
-    next_iterator: str | None  # None: the shard is closed and fully read
 
 
 class StreamsClient:
@@ -319,13 +188,6 @@ class StreamsClient:
         enabled = desc.get("StreamSpecification", {}).get("StreamEnabled", False)
         table_arn = desc.get("TableArn") or (str(arn).partition("/stream/")[0] if arn else "")
         return TableStream(str(table_arn), str(arn) if arn and enabled else None)
-
-    async def latest_stream_arn(self, table: str) -> str:
-        """The table's current stream ARN (DescribeTable)."""
-        found = await self.table_stream(table)
-        if found.stream_arn is None:
-            raise StreamNotFound(f"table {table!r} has no stream enabled", code="NoStream")
-        return found.stream_arn
 
     # -- DynamoDB Streams -------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import anyio.to_thread
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fanout.dlq import Entry, PartialDeadLetterError, entry_key
+from fanout.delivery.deadletter import Entry, PartialDeadLetterError, entry_key
 from fanout.errors import DeadLetterError
 from fanout.retry import Backoff
 

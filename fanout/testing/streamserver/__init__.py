@@ -18,7 +18,8 @@ records and failures from Python::
 For synchronous clients use ``with StreamServer().run_in_thread() as server:``; for
 benchmarks run it as a process::
 
-    python -m tests.streamserver --port 0 --shards 4 --records-per-shard 100000 --page-size 1000
+    python -m fanout.testing.streamserver --port 0 --shards 4 --records-per-shard 100000 \
+        --page-size 1000
 
 which prints the endpoint URL on its first stdout line (and the stream ARN on the second)
 once every record is built.
@@ -704,7 +705,7 @@ class StreamServer:
             stop = asyncio.Event()
             try:
                 await self.start()
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller thread
                 failure.append(exc)
                 ready.set()
                 return
@@ -1683,7 +1684,7 @@ class StreamServer:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.streamserver",
+        prog="python -m fanout.testing.streamserver",
         description="Serve an in-memory DynamoDB stream over the real wire protocol. "
         "Prints the endpoint URL, then the stream ARN, once every record is built.",
     )

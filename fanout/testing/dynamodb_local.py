@@ -10,8 +10,8 @@ the current working directory. The emulator lands in ``<cache>/emulator``.
 
 Command line::
 
-    python -m fanout.local fetch                 # download into the cache (no-op when cached)
-    python -m fanout.local start [--port N]      # run in the foreground until Ctrl-C / SIGTERM
+    python -m fanout.testing.dynamodb_local fetch             # download into the cache (once)
+    python -m fanout.testing.dynamodb_local start [--port N]  # run until Ctrl-C / SIGTERM
 
 Notes on DynamoDB Local 1.25.1:
 
@@ -49,7 +49,7 @@ from pathlib import Path, PurePosixPath
 from types import FrameType, TracebackType
 from typing import IO, Self
 
-log = logging.getLogger("fanout.local")
+log = logging.getLogger("fanout.testing.dynamodb_local")
 
 PACKAGE = "amplify-dynamodb-simulator"
 PACKAGE_VERSION = "2.9.30"
@@ -365,7 +365,7 @@ class DynamoDBLocal:
         emulator = self.emulator_dir if self.emulator_dir is not None else fetch()
         if not (emulator / JAR).is_file():
             raise LocalServiceError(
-                f"{emulator / JAR} is missing; run: python -m fanout.local fetch"
+                f"{emulator / JAR} is missing; run: python -m fanout.testing.dynamodb_local fetch"
             )
         attempts = 1 if self.requested_port is not None else _PORT_ATTEMPTS
         for attempt in range(1, attempts + 1):
@@ -501,7 +501,7 @@ class DynamoDBLocal:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fanout.local", description="Fetch and run DynamoDB Local."
+        prog="python -m fanout.testing.dynamodb_local", description="Fetch and run DynamoDB Local."
     )
     parser.add_argument(
         "--cache-dir",
@@ -522,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return _serve(DynamoDBLocal(args.port, emulator_dir=emulator))
     except LocalServiceError as exc:
-        print(f"fanout.local: {exc}", file=sys.stderr)
+        print(f"fanout.testing.dynamodb_local: {exc}", file=sys.stderr)
         return 1
 
 
@@ -539,7 +539,10 @@ def _serve(ddb: DynamoDBLocal) -> int:
             while not stop.wait(0.5):
                 # Ctrl-C in a terminal reaches DynamoDB Local too: give our handler a moment
                 if not ddb.running and not stop.wait(0.5):
-                    print(f"fanout.local: DynamoDB Local exited\n{ddb.output}", file=sys.stderr)
+                    print(
+                        f"fanout.testing.dynamodb_local: DynamoDB Local exited\n{ddb.output}",
+                        file=sys.stderr,
+                    )
                     return 1
         return 0
     finally:

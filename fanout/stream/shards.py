@@ -29,9 +29,8 @@ from typing import TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
-from fanout.checkpoint import Checkpoint, ShardProgress, SQLiteCheckpointStore
 from fanout.config import StreamConfig
-from fanout.dispatch import Route, ShardDispatch
+from fanout.delivery.lane import Route, ShardDispatch
 from fanout.errors import (
     FanoutError,
     IteratorExpired,
@@ -41,11 +40,13 @@ from fanout.errors import (
     Throttled,
     TrimmedData,
 )
-from fanout.metrics import Metrics
+from fanout.observe.metrics import Metrics
+from fanout.progress.store import Checkpoint, CheckpointRow, CheckpointStore
+from fanout.progress.tracker import ShardProgress
 from fanout.records import Record
-from fanout.source import Shard, StreamsClient
+from fanout.stream.api import Shard, StreamsAPI
 
-log = logging.getLogger("fanout.shards")
+log = logging.getLogger("fanout.stream")
 
 T = TypeVar("T")
 
@@ -204,8 +205,8 @@ class StreamWorker:
         self,
         name: str,
         config: StreamConfig,
-        client: StreamsClient,
-        store: SQLiteCheckpointStore,
+        client: StreamsAPI,
+        store: CheckpointStore,
         routes: list[Route],
         metrics: Metrics,
         lanes: TaskGroup,
@@ -240,7 +241,7 @@ class StreamWorker:
         self._waiting = 0
         # Finished-shard checkpoints are written in groups (one transaction for every shard
         # that ended meanwhile): shards of a table roll over at about the same time.
-        self._finish_rows: list[tuple[str, str, str | None, bool]] = []
+        self._finish_rows: list[CheckpointRow] = []
         self._finish_batch = 0  # the group now collecting rows
         self._finish_written = -1  # the last group written
         self._finish_lock = anyio.Lock()
@@ -259,6 +260,11 @@ class StreamWorker:
         }
         # Computed when scraped: one dict write per page instead of a max() over every shard.
         m.iterator_age.labels(name).set_function(self._max_iterator_age)
+
+    @property
+    def discovery_interval(self) -> float:
+        """Seconds between periodic DescribeStream rounds."""
+        return self.config.discovery_interval
 
     @property
     def ready(self) -> bool:
@@ -318,7 +324,8 @@ class StreamWorker:
         # was down may still hold unread records; they go first, oldest first.
         rows = await self._store_call(self.store.all)
         older = sorted(
-            {row[0] for row in rows if row[0].startswith(found.stream_prefix)} - {current}
+            {row.stream_arn for row in rows if row.stream_arn.startswith(found.stream_prefix)}
+            - {current}
         )
         if current is None and not older:
             raise StreamNotFound(f"table {table!r} has no stream enabled")
@@ -386,7 +393,7 @@ class StreamWorker:
         """Forget a stream that was read to its end (or is gone): drop its checkpoints."""
         self.progress = {k: p for k, p in self.progress.items() if p.stream_arn != arn}
         stored = await self._store_call(self.store.load, arn)
-        rows = [(arn, sid, None, True) for sid, c in stored.items() if not c.finished]
+        rows = [CheckpointRow(arn, sid, None, True) for sid, c in stored.items() if not c.finished]
         await self._store_call(self.store.save, rows)
         await self._store_call(self.store.prune, arn, [])
 
@@ -582,7 +589,9 @@ class StreamWorker:
         TRIM_HORIZON and skips what is older than the stored start time)."""
         closed = [s.shard_id for s in shards if s.ending_sequence is not None]
         self._initial_open = {s.shard_id for s in shards if s.ending_sequence is None}
-        await self._store_call(self.store.save, [(arn, sid, None, True) for sid in closed])
+        await self._store_call(
+            self.store.save, [CheckpointRow(arn, sid, None, True) for sid in closed]
+        )
         self.finished.update(closed)
 
     def _eligible(self, shard: Shard, complete: bool) -> bool:
@@ -665,7 +674,7 @@ class StreamWorker:
             except DataLossError as exc:
                 self._fail(exc)
                 return
-            await self._store_call(self.store.save, [(arn, sid, None, True)])
+            await self._store_call(self.store.save, [CheckpointRow(arn, sid, None, True)])
             self.finished.add(sid)
 
     async def _stream_gone(self, arn: str) -> None:
@@ -787,7 +796,7 @@ class StreamWorker:
 
     async def _save_finished(self, arn: str, sid: str, seq: str | None) -> None:
         """Write the shard's checkpoint as finished; returns once it is on disk."""
-        self._finish_rows.append((arn, sid, seq, True))
+        self._finish_rows.append(CheckpointRow(arn, sid, seq, True))
         mine = self._finish_batch
         async with self._finish_lock:
             if self._finish_written >= mine:
@@ -801,7 +810,7 @@ class StreamWorker:
                 raise
             self._finish_written = mine
 
-    async def _save_rows(self, rows: list[tuple[str, str, str | None, bool]], sid: str) -> None:
+    async def _save_rows(self, rows: list[CheckpointRow], sid: str) -> None:
         attempt = 0
         while True:
             try:
@@ -901,13 +910,15 @@ class StreamWorker:
         ages = self._iterator_age
         return max(ages.values()) if ages else 0.0
 
-    def checkpoint_rows(self) -> list[tuple[str, str, str | None, bool]]:
+    def checkpoint_rows(self) -> list[CheckpointRow]:
         """Dirty frontiers to write; marks them clean."""
-        rows: list[tuple[str, str, str | None, bool]] = []
+        rows: list[CheckpointRow] = []
         for progress in list(self.progress.values()):
             if progress.dirty and progress.frontier is not None:
                 progress.dirty = False
-                rows.append((progress.stream_arn, progress.shard_id, progress.frontier, False))
+                rows.append(
+                    CheckpointRow(progress.stream_arn, progress.shard_id, progress.frontier)
+                )
         return rows
 
     def in_flight(self) -> int:

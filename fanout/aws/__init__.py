@@ -1,0 +1,1 @@
+"""AWS plumbing shared by the core and the sinks: request signing."""

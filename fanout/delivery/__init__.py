@@ -1,0 +1,1 @@
+"""Delivery to sinks: lanes, retries and bisection, dead-letter destinations."""

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, the health endpoint, JSON logs."""

@@ -1,0 +1,1 @@
+"""Progress: ack tracking per shard, the CheckpointStore seam and its stores."""

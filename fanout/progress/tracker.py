@@ -1,0 +1,89 @@
+"""Ack tracking per shard: which records read are settled, and the frontier that may be saved.
+
+A shard's checkpoint is the highest sequence number such that every record up to it has
+been settled (delivered, filtered out or dead-lettered) for every sink it was routed to.
+Records arrive in pages; each page gets a ``Ticket`` counting the record deliveries still
+owed for it, and the frontier moves over tickets in page order only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import anyio
+
+
+class Ticket:
+    """One page of one shard: ``pending`` record deliveries are still owed for it."""
+
+    __slots__ = ("last_seq", "pending", "shard")
+
+    def __init__(self, shard: ShardProgress, last_seq: str) -> None:
+        self.shard = shard
+        self.last_seq = last_seq
+        # Starts at 1: the reader holds the ticket open until it has handed the page to
+        # every sink, so a quick sink cannot settle the page before a slow one received it.
+        self.pending = 1
+
+    def settle(self, count: int) -> None:
+        """``count`` deliveries of this page are done (delivered or dead-lettered)."""
+        self.pending -= count
+        if self.pending == 0:
+            self.shard.advance()
+
+
+class ShardProgress:
+    """The settled frontier of one shard, plus what is needed to notice a stall."""
+
+    __slots__ = (
+        "_drained",
+        "dirty",
+        "frontier",
+        "last_progress",
+        "shard_id",
+        "stream_arn",
+        "stream_name",
+        "tickets",
+    )
+
+    def __init__(
+        self, stream_name: str, stream_arn: str, shard_id: str, frontier: str | None
+    ) -> None:
+        self.stream_name = stream_name
+        self.stream_arn = stream_arn
+        self.shard_id = shard_id
+        self.frontier = frontier
+        self.tickets: deque[Ticket] = deque()
+        self.dirty = False
+        self.last_progress = time.monotonic()
+        self._drained: anyio.Event | None = None
+
+    def open(self, last_seq: str) -> Ticket:
+        ticket = Ticket(self, last_seq)
+        self.tickets.append(ticket)
+        return ticket
+
+    def advance(self) -> None:
+        tickets = self.tickets
+        moved = False
+        while tickets and tickets[0].pending == 0:
+            self.frontier = tickets.popleft().last_seq
+            moved = True
+        if moved:
+            self.dirty = True
+            self.last_progress = time.monotonic()
+            if not tickets and self._drained is not None:
+                self._drained.set()
+
+    @property
+    def pending(self) -> bool:
+        """True while some read record is not settled yet."""
+        return bool(self.tickets)
+
+    async def drained(self) -> None:
+        """Wait until every ticket handed out so far is settled."""
+        while self.tickets:
+            self._drained = anyio.Event()
+            await self._drained.wait()
+        self._drained = None

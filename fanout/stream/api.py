@@ -1,0 +1,93 @@
+"""The seam between the stream reader and DynamoDB Streams: ``StreamsAPI`` and its values.
+
+The reader, discovery and lineage code talk to the service only through ``StreamsAPI``;
+``fanout.stream.client.StreamsClient`` implements it over HTTP, tests implement it in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fanout.records import Record
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One shard as DescribeStream lists it."""
+
+    shard_id: str
+    parent_id: str | None
+    starting_sequence: str
+    ending_sequence: str | None  # set once the shard is closed
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> Shard:
+        seq = raw.get("SequenceNumberRange", {})
+        return cls(
+            shard_id=raw["ShardId"],
+            parent_id=raw.get("ParentShardId"),
+            starting_sequence=seq.get("StartingSequenceNumber", "0"),
+            ending_sequence=seq.get("EndingSequenceNumber"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TableStream:
+    """What DescribeTable says about a table's stream."""
+
+    table_arn: str
+    stream_arn: str | None  # the latest stream, None when no stream is enabled
+
+    @property
+    def stream_prefix(self) -> str:
+        """Every stream ARN of this table starts with this."""
+        return f"{self.table_arn}/stream/"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One GetRecords answer."""
+
+    records: list[Record]
+    next_iterator: str | None  # None: the shard is closed and fully read
+
+
+class StreamsAPI(Protocol):
+    """The calls the stream reader makes. Errors are raised as ``fanout.errors.SourceError``
+    subclasses: ``StreamNotFound``, ``IteratorExpired``, ``TrimmedData``, ``Throttled``,
+    ``ServiceError`` (retryable) and plain ``SourceError`` for anything unexpected.
+    """
+
+    async def table_stream(self, table: str) -> TableStream:
+        """The table's ARN and its enabled stream (DescribeTable).
+
+        Raises:
+            StreamNotFound: the table does not exist.
+        """
+        ...
+
+    async def describe_stream(
+        self,
+        stream_arn: str,
+        *,
+        exclusive_start_shard_id: str | None = None,
+        child_shards_of: str | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        """One DescribeStream page: the ``StreamDescription`` object of the answer.
+
+        ``child_shards_of`` asks only for the children of that shard (ShardFilter
+        CHILD_SHARDS).
+        """
+        ...
+
+    async def get_shard_iterator(
+        self, stream_arn: str, shard_id: str, iterator_type: str, sequence: str | None = None
+    ) -> str:
+        """A shard iterator (TRIM_HORIZON, LATEST, AT/AFTER_SEQUENCE_NUMBER)."""
+        ...
+
+    async def get_records(self, iterator: str, limit: int | None = None) -> Page:
+        """One GetRecords page, records in the Lambda event record shape."""
+        ...

@@ -1,0 +1,1 @@
+"""Tools for testing with fanout: DynamoDB Local, a controllable stream server, the demo."""
