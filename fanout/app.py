@@ -27,7 +27,7 @@ from fanout.errors import FanoutError
 from fanout.filters import compile_filters
 from fanout.observe.metrics import Metrics
 from fanout.progress.sqlite import SQLiteCheckpointStore
-from fanout.retry import Backoff
+from fanout.retry import RetryPolicy
 from fanout.sink import Sink, SinkContext
 from fanout.stream.client import StreamsClient
 from fanout.stream.shards import ReaderOptions, StreamWorker
@@ -44,7 +44,7 @@ class Worker:
         *,
         metrics: Metrics | None = None,
         reader_options: ReaderOptions | None = None,
-        backoff: Backoff | None = None,
+        backoff: RetryPolicy | None = None,
         handle_signals: bool = True,
     ) -> None:
         self.config = config
@@ -129,7 +129,7 @@ class Worker:
         routes = []
         for name, cfg in self.config.sinks.items():
             retry = cfg.retry
-            backoff = self.backoff or Backoff(retry.initial_backoff, retry.max_backoff)
+            backoff = self.backoff or RetryPolicy(retry.initial_backoff, retry.max_backoff)
             routes.append(
                 Route(
                     name=name,

@@ -362,7 +362,7 @@ class Redriver:
 
     def __init__(self, config: Config, target: str, attempts: int) -> None:
         from fanout.observe.metrics import Metrics
-        from fanout.retry import Backoff
+        from fanout.retry import RetryPolicy
         from fanout.sink import SinkContext
 
         if target not in config.sinks:
@@ -378,7 +378,7 @@ class Redriver:
             target, cfg, SinkContext(metrics=self.metrics, logger=logging.getLogger("fanout.sink"))
         )
         self.target = target
-        self.backoff = Backoff(retry.initial_backoff, retry.max_backoff)
+        self.backoff = RetryPolicy(retry.initial_backoff, retry.max_backoff)
         self.collector = _Collector()
 
     async def __aenter__(self) -> Redriver:

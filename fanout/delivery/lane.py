@@ -54,7 +54,7 @@ from fanout.delivery import deadletter as dead_letters
 from fanout.observe.metrics import Metrics
 from fanout.progress.tracker import ShardProgress, Ticket
 from fanout.records import Record, approximate_creation_time, item_key
-from fanout.retry import Backoff
+from fanout.retry import RetryPolicy
 from fanout.sink import Failure, Failures, Sink
 
 log = logging.getLogger("fanout.dispatch")
@@ -90,7 +90,7 @@ class Route:
     config: SinkConfig
     predicate: Predicate | None
     dead_letter: dead_letters.DeadLetter
-    backoff: Backoff
+    backoff: RetryPolicy
     metrics: Metrics
 
     def feeds(self, stream: str) -> bool:

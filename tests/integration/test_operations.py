@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fanout.app import Worker
 from fanout.config import build_config
-from fanout.retry import Backoff
+from fanout.retry import RetryPolicy
 from fanout.stream.shards import ReaderOptions
 from fanout.testing.streamserver import Change, StreamServer
 
@@ -108,7 +108,7 @@ async def running(config: dict[str, Any]) -> AsyncIterator[Worker]:
     worker = Worker(
         build_config(config),
         handle_signals=False,
-        backoff=Backoff(0.01, 0.05),
+        backoff=RetryPolicy(0.01, 0.05),
         reader_options=ReaderOptions(min_poll_interval=0.0, error_backoff_initial=0.02),
     )
     async with anyio.create_task_group() as tg:

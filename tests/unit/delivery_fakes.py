@@ -15,7 +15,7 @@ from fanout.errors import DeadLetterError
 from fanout.observe.metrics import Metrics
 from fanout.progress.tracker import ShardProgress
 from fanout.records import Record
-from fanout.retry import Backoff
+from fanout.retry import RetryPolicy
 from fanout.sink import Failures
 
 ARN = "arn:aws:dynamodb:us-east-1:000000000000:table/Orders/stream/2024-01-01T00:00:00.000"
@@ -174,7 +174,7 @@ def make_route(
         config=config,
         predicate=predicate,
         dead_letter=dead_letter if dead_letter is not None else MemoryDeadLetter(),
-        backoff=Backoff(config.retry.initial_backoff, config.retry.max_backoff, sleep=sleep),
+        backoff=RetryPolicy(config.retry.initial_backoff, config.retry.max_backoff, sleep=sleep),
         metrics=metrics or Metrics(),
     )
 

@@ -11,7 +11,7 @@ from fanout.delivery.lane import Lane, Route
 from fanout.errors import ConfigError
 from fanout.observe.metrics import Metrics
 from fanout.progress.tracker import ShardProgress
-from fanout.retry import Backoff
+from fanout.retry import RetryPolicy
 from sinks.handler import (
     HandlerSink,
     HandlerSinkConfig,
@@ -169,7 +169,7 @@ async def test_batch_item_failures_redeliver_exactly_the_failed_and_later_record
         config=config,
         predicate=None,
         dead_letter=FileDeadLetter(tmp_path / "dlq.jsonl"),
-        backoff=Backoff(0, 0),
+        backoff=RetryPolicy(0, 0),
         metrics=Metrics(),
     )
     progress = ShardProgress("orders", ARN, "shard-1", None)

@@ -10,7 +10,7 @@ import pytest
 from fanout.delivery.deadletter import PartialDeadLetterError, entry
 from fanout.delivery.deadletter.sqs import OVERFLOW_KEY, SqsDeadLetter, load_body
 from fanout.errors import DeadLetterError
-from fanout.retry import Backoff, no_wait
+from fanout.retry import RetryPolicy, no_wait
 from tests.unit.delivery_fakes import ARN, SHARD, rec
 
 
@@ -69,7 +69,7 @@ def dead_letter(
         url,
         overflow_dir=tmp_path / "overflow",
         max_message_bytes=limit,
-        backoff=Backoff(0, 0, sleep=no_wait),
+        backoff=RetryPolicy(0, 0, sleep=no_wait),
     )
     dl._client = fake
     return dl

@@ -33,7 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from fanout.delivery.deadletter import Entry, PartialDeadLetterError, entry_key
 from fanout.errors import DeadLetterError
-from fanout.retry import Backoff
+from fanout.retry import RetryPolicy
 
 log = logging.getLogger("fanout.dlq.sqs")
 
@@ -104,7 +104,7 @@ class SqsDeadLetter:
         overflow_dir: str | Path,
         max_message_bytes: int | None = None,
         attempts: int = 4,
-        backoff: Backoff | None = None,
+        backoff: RetryPolicy | None = None,
     ) -> None:
         self.queue_url = queue_url
         self.region = region
@@ -113,7 +113,7 @@ class SqsDeadLetter:
         self.name = f"sqs:{queue_url}"
         self.fifo = queue_url.endswith(".fifo")
         self.attempts = max(1, attempts)
-        self.backoff = backoff or Backoff(0.2, 5.0)
+        self.backoff = backoff or RetryPolicy(0.2, 5.0)
         self._configured_limit = max_message_bytes
         self._limit = max_message_bytes or SQS_MAX_MESSAGE_BYTES
         self._stack: AsyncExitStack | None = None
