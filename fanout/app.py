@@ -122,8 +122,7 @@ class Worker:
                 overflow_dir=Path(self.settings.checkpoints.path).parent / "dlq-overflow",
             )
             return sqs
-        path = dl.path or str(Path(self.settings.checkpoints.path).parent / f"dlq-{name}.jsonl")
-        return dead_letters.FileDeadLetter(path)
+        return dead_letters.FileDeadLetter(self.config.dead_letter_path(name))
 
     def _routes(self) -> list[Route]:
         routes = []

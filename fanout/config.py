@@ -185,6 +185,12 @@ class SinkConfig(Model):
         ge=1,
         description="Records buffered per shard for this sink before the shard's reader waits.",
     )
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Concurrent send() calls to this sink across all shards at most; "
+        "default: unlimited (one per shard and parallelization lane).",
+    )
     retry: RetryConfig = Field(default_factory=RetryConfig)
     dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
 
@@ -265,6 +271,14 @@ class Config:
     def sink_type(self, name: str) -> SinkType[Any]:
         """The type of the sink called ``name``."""
         return self.types[name]
+
+    def dead_letter_path(self, sink: str) -> Path:
+        """The sink's dead-letter file: its ``dead_letter.path``, else ``dlq-<sink>.jsonl``
+        next to the checkpoint database."""
+        path = self.sinks[sink].dead_letter.path
+        if path:
+            return Path(path)
+        return Path(self.settings.checkpoints.path).parent / f"dlq-{sink}.jsonl"
 
     @property
     def streams(self) -> dict[str, StreamConfig]:

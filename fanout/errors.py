@@ -75,9 +75,17 @@ class SinkError(FanoutError):
 
 
 class SinkUnavailable(SinkError):
-    """Nothing in the batch could be attempted; every record is retried."""
+    """Nothing in the batch could be attempted; every record is retried.
+
+    ``retry_after`` (seconds), when the destination said how long to wait: the sink is not
+    called again sooner.
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class SinkMisconfigured(SinkError):

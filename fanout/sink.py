@@ -28,10 +28,13 @@ class Failure:
         retryable: True for a transient failure (resend later), False for a permanent one
             (the record goes to the dead-letter destination at once).
         reason: a short, human readable explanation; stored with the dead-lettered record.
+        retry_after: seconds the destination asked to be left alone (an HTTP
+            ``Retry-After``); the sink is not called again sooner.
     """
 
     retryable: bool
     reason: str
+    retry_after: float | None = None
 
 
 # Per-record outcomes of one send(): index in the batch -> Failure. A record whose index is

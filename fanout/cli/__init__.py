@@ -1,19 +1,16 @@
-"""Command line: ``fanout run|validate|status|schema``."""
+"""Command line: ``fanout run|validate|schema|status|dlq``."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
 import orjson
 
 from fanout import __version__
-from fanout.cli import status
-from fanout.errors import ConfigError
-
-EXIT_CONFIG = 2
+from fanout.cli import dlq, status
+from fanout.cli.loader import EXIT_OK, CommandError, add_config_option, load, report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,64 +20,53 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fanout {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the worker")
-    run.add_argument("--config", "-c", help="YAML config file (default: $FANOUT_CONFIG)")
+    add_config_option(run)
     run.add_argument("--log-format", choices=["json", "text"], help="override log_format")
     validate = sub.add_parser("validate", help="check a config file without connecting")
-    validate.add_argument("--config", "-c", help="YAML config file (default: $FANOUT_CONFIG)")
+    add_config_option(validate)
     sub.add_parser("schema", help="print the JSON Schema of the config file")
-    from fanout.cli import dlq as dlqcli
-
-    dlqcli.add_parser(sub)
+    dlq.add_parser(sub)
     status.add_parser(sub)
     return parser
 
 
-def _config_error(exc: ConfigError) -> int:
-    print(f"fanout: invalid configuration:\n{exc}", file=sys.stderr)
-    return EXIT_CONFIG
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit code."""
     args = _parser().parse_args(argv)
-    if args.command == "schema":
-        from fanout.cli.schema import json_schema
-
-        sys.stdout.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
-        return 0
-    if args.command == "dlq":
-        from fanout.cli import dlq as dlqcli
-
-        return dlqcli.run(args)
-    if args.command == "status":
-        return status.run(args)
-
-    from fanout.config import load_config
-
-    if not (args.config or os.environ.get("FANOUT_CONFIG")):
-        print("fanout: no config file: pass --config FILE or set FANOUT_CONFIG", file=sys.stderr)
-        return EXIT_CONFIG
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        return _config_error(exc)
-    if args.command == "validate":
-        print(f"ok: {len(config.streams)} stream(s), {len(config.sinks)} sink(s)")
-        return 0
+        if args.command == "schema":
+            return _schema()
+        if args.command == "dlq":
+            return dlq.run(args)
+        if args.command == "status":
+            return status.run(args)
+        if args.command == "validate":
+            config, _ = load(args)
+            print(f"ok: {len(config.streams)} stream(s), {len(config.sinks)} sink(s)")
+            return EXIT_OK
+        return _run(args)
+    except CommandError as exc:
+        return report(exc)
 
+
+def _schema() -> int:
+    from fanout.cli.schema import json_schema
+
+    sys.stdout.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
     import anyio
 
     from fanout.app import Worker
     from fanout.observe import logs
     from fanout.runtime import tune_gc
 
+    config, path = load(args)
     settings = config.settings
-    config_path = args.config or os.environ.get("FANOUT_CONFIG")
-    secrets = logs.config_secrets(config, config_path)
+    secrets = logs.config_secrets(config, path)
     logs.setup(args.log_format or settings.log_format, settings.log_level, secrets=secrets)
     worker = Worker(config)
     tune_gc()
     return anyio.run(worker.run)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,15 +35,20 @@ import anyio
 import anyio.to_thread
 import orjson
 
+from fanout.cli.loader import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandError,
+    add_config_option,
+    load,
+)
 from fanout.config import Config, SinkConfig
 from fanout.delivery.deadletter import Entry, entry_key, read_entries
 from fanout.errors import ConfigError, DeadLetterError, FanoutError
 
 log = logging.getLogger("fanout.dlqcli")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 SIDECAR_SUFFIX = ".redriven"
 _RECEIVE_WAIT_S = 1
 _VISIBILITY_S = 300
@@ -54,13 +59,13 @@ def add_parser(subparsers: Any) -> None:
     dlq = subparsers.add_parser("dlq", help="inspect and redrive dead-lettered records")
     sub = dlq.add_subparsers(dest="dlq_command", required=True)
     inspect = sub.add_parser("inspect", help="summarise dead-lettered records per sink")
-    inspect.add_argument("--config", "-c", help="YAML config file (default: $FANOUT_CONFIG)")
+    add_config_option(inspect)
     inspect.add_argument("--sink", help="only this sink")
     inspect.add_argument("--from", dest="source", choices=["file", "sqs"], help="destination")
     inspect.add_argument("--path", help="dead-letter file (default: the sink's)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     redrive = sub.add_parser("redrive", help="deliver a sink's dead-lettered records again")
-    redrive.add_argument("--config", "-c", help="YAML config file (default: $FANOUT_CONFIG)")
+    add_config_option(redrive)
     redrive.add_argument("--sink", required=True, help="whose dead-lettered records")
     redrive.add_argument("--from", dest="source", choices=["file", "sqs"], help="destination")
     redrive.add_argument("--to", dest="target", help="deliver to this sink instead")
@@ -72,36 +77,24 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``fanout dlq ...``; returns the exit code."""
-    from fanout.config import load_config
+    """Run ``fanout dlq ...``; returns the exit code.
 
-    path = args.config or os.environ.get("FANOUT_CONFIG")
-    if not path:
-        print("fanout: no config file: pass --config FILE or set FANOUT_CONFIG", file=sys.stderr)
-        return EXIT_USAGE
+    Raises:
+        CommandError: no config file, or an invalid one.
+    """
+    config, _ = load(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     try:
-        config = load_config(path)
         if args.dlq_command == "inspect":
             return anyio.run(_inspect, config, args)
         return anyio.run(_redrive, config, args)
     except ConfigError as exc:
-        print(f"fanout: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise CommandError(str(exc), EXIT_CONFIG) from exc
     except FanoutError as exc:
-        print(f"fanout: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        raise CommandError(f"{type(exc).__name__}: {exc}", EXIT_FAILED) from exc
 
 
 # -- where a sink's dead letters are ----------------------------------------------------------
-
-
-def default_path(config: Config, sink: str) -> Path:
-    """The sink's dead-letter file: its ``dead_letter.path`` or ``dlq-<sink>.jsonl``."""
-    dl = config.sinks[sink].dead_letter
-    if dl.path:
-        return Path(dl.path)
-    return Path(config.settings.checkpoints.path).parent / f"dlq-{sink}.jsonl"
 
 
 @dataclass(frozen=True)
@@ -135,7 +128,7 @@ def source_of(config: Config, sink: str, kind: str | None, path: str | None) -> 
         if not dl.queue_url:
             raise ConfigError("--from", f"sink {sink!r} has no dead_letter.queue_url")
         return Source("sqs", queue_url=dl.queue_url, region=dl.region, endpoint_url=dl.endpoint_url)
-    return Source("file", path=Path(path) if path else default_path(config, sink))
+    return Source("file", path=Path(path) if path else config.dead_letter_path(sink))
 
 
 # -- the redrive bookkeeping of a file ------------------------------------------------------

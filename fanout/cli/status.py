@@ -12,7 +12,6 @@ it grows while nothing is pending (checkpoints are written only when they move).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -21,15 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from fanout.errors import ConfigError, FanoutError
+from fanout.cli.loader import EXIT_FAILED, EXIT_OK, CommandError, add_config_option, load
+from fanout.errors import FanoutError
 
 if TYPE_CHECKING:
     from fanout.config import Config
     from fanout.progress.store import Checkpoint
 
-EXIT_OK = 0
-EXIT_NO_STORE = 1
-EXIT_CONFIG = 2
+EXIT_NO_STORE = EXIT_FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +68,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Read the checkpoint store and dead-letter files of a config and print "
         "shards, checkpoints, checkpoint age and dead-letter counts. Makes no AWS calls.",
     )
-    parser.add_argument("--config", "-c", help="YAML config file (default: $FANOUT_CONFIG)")
+    add_config_option(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser
 
@@ -96,12 +94,10 @@ def count_lines(path: Path) -> int:
 def dead_letters(config: Config) -> list[DeadLetterStatus]:
     """Every sink's dead-letter destination, with the number of entries where countable."""
     result = []
-    store_dir = Path(config.settings.checkpoints.path).parent
     for name, cfg in config.sinks.items():
         dl = cfg.dead_letter
         if dl.type == "file":
-            # The same default the worker uses: next to the checkpoint database.
-            path = Path(dl.path) if dl.path else store_dir / f"dlq-{name}.jsonl"
+            path = config.dead_letter_path(name)
             try:
                 records: int | None = count_lines(path)
                 last: float | None = path.stat().st_mtime
@@ -271,32 +267,24 @@ def render(status: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the status of the config in ``args.config`` (or ``$FANOUT_CONFIG``)."""
-    from fanout.config import load_config
+    """Print the status of the config in ``args.config`` (or ``$FANOUT_CONFIG``).
 
-    path = args.config or os.environ.get("FANOUT_CONFIG")
-    if not path:
-        print("fanout: no config file: pass --config FILE or set FANOUT_CONFIG", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"fanout: invalid configuration:\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    Raises:
+        CommandError: no config file, or an invalid one.
+    """
+    config, path = load(args)
     from fanout.observe.logs import REDACTOR, config_secrets
 
     REDACTOR.add(*config_secrets(config, path))  # destinations are printed masked like logs
     try:
         status = collect(config)
     except FileNotFoundError as exc:
-        print(
-            f"fanout: no checkpoint store at {exc}: the worker has not run with this config yet",
-            file=sys.stderr,
-        )
-        return EXIT_NO_STORE
+        raise CommandError(
+            f"no checkpoint store at {exc}: the worker has not run with this config yet",
+            EXIT_NO_STORE,
+        ) from exc
     except FanoutError as exc:
-        print(f"fanout: cannot read the checkpoint store: {exc}", file=sys.stderr)
-        return EXIT_NO_STORE
+        raise CommandError(f"cannot read the checkpoint store: {exc}", EXIT_NO_STORE) from exc
     if args.json:
         sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
