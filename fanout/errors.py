@@ -8,11 +8,18 @@
     - TrimmedData               the position asked for is older than the retention
     - Throttled                 retryable: back off with jitter
     - ServiceError              retryable: 5xx or network failure
-  + SinkError
-    - SinkUnavailable           retryable: nothing in the batch could be attempted
-    - SinkMisconfigured         fatal
-  + CheckpointError
-  + DeadLetterError             a dead-letter write failed; the shard stops advancing
+  + SinkUnavailable            retryable: a sink could attempt nothing in the batch;
+                               ``retry_after`` says how long the destination asked to wait
+  + CheckpointError            retryable: the next checkpoint round writes again
+  + DeadLetterError            retryable: a dead-letter write failed; the shard stops
+                               advancing until a later write succeeds
+
+``retryable`` (a class attribute, False unless marked above) says whether the same call may
+succeed if it is simply made again later. Code that decides between retrying and giving up
+reads it instead of listing exception classes; an error that is not retryable needs a change
+(of configuration, position or data) first.
+
+Per-record failures of a sink are values (``fanout.sink.Failure``), not exceptions.
 """
 
 from __future__ import annotations
@@ -21,7 +28,12 @@ from typing import ClassVar
 
 
 class FanoutError(Exception):
-    """Root of every error fanout raises on purpose."""
+    """Root of every error fanout raises on purpose.
+
+    Attributes:
+        retryable: True when making the same call again later may succeed (see the module
+            docstring).
+    """
 
     retryable: ClassVar[bool] = False
 
@@ -70,12 +82,9 @@ class ServiceError(SourceError):
     retryable = True
 
 
-class SinkError(FanoutError):
-    """A sink failed."""
-
-
-class SinkUnavailable(SinkError):
-    """Nothing in the batch could be attempted; every record is retried.
+class SinkUnavailable(FanoutError):
+    """Raised by ``Sink.send()`` when nothing in the batch could be attempted (the destination
+    is down or asked to be left alone); every record is retried.
 
     ``retry_after`` (seconds), when the destination said how long to wait: the sink is not
     called again sooner.
@@ -86,10 +95,6 @@ class SinkUnavailable(SinkError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-class SinkMisconfigured(SinkError):
-    """The sink cannot work with its configuration."""
 
 
 class CheckpointError(FanoutError):
