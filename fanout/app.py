@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
+from fanout.aws.clients import AwsClients
 from fanout.config import Config, SinkConfig
 from fanout.delivery import deadletter as dead_letters
 from fanout.delivery.lane import Route
@@ -56,6 +57,8 @@ class Worker:
         self.store = SQLiteCheckpointStore(self.settings.checkpoints.path)
         self.workers: list[StreamWorker] = []
         self.sinks: dict[str, Sink] = {}
+        # One AWS session for the process, closed at shutdown.
+        self.aws = AwsClients()
         self.http_port: int | None = None
         self.started = anyio.Event()
         self._stop = anyio.Event()
@@ -150,12 +153,13 @@ class Worker:
             async with AsyncExitStack() as stack:
                 await self.store.open()
                 stack.push_async_callback(self.store.aclose)
+                stack.push_async_callback(self.aws.aclose)
                 clients: dict[tuple[str | None, str | None], StreamsClient] = {}
                 for stream in self.settings.streams.values():
                     key = (stream.region, stream.endpoint_url)
                     if key not in clients:
                         client = await StreamsClient.create(
-                            region=stream.region, endpoint_url=stream.endpoint_url
+                            self.aws, region=stream.region, endpoint_url=stream.endpoint_url
                         )
                         await client.open()
                         stack.push_async_callback(client.aclose)

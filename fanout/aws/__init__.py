@@ -1,1 +1,1 @@
-"""AWS plumbing shared by the core and the sinks: request signing."""
+"""AWS plumbing shared by the core and the sinks: one session and its clients, SigV4 signing."""

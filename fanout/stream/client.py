@@ -1,12 +1,13 @@
 """The DynamoDB / DynamoDB Streams client: JSON 1.0 over HTTP, parsed with orjson.
 
-aiobotocore provides what it is good at (credentials, region and endpoint resolution). Each
-request is signed with SigV4 by ``Signer``, which produces exactly what botocore's
-``SigV4Auth`` does for these JSON POSTs at a tenth of its cost (a GetRecords call is made per
-shard several times a second). The response body is parsed by ``orjson`` straight into the
-Lambda event record shape: botocore's generic parser costs several times as much per
-GetRecords page and turns ApproximateCreationDateTime into ``datetime`` objects, which
-Lambda events do not have.
+aiobotocore provides what it is good at (credentials, region and endpoint resolution), through
+the process's one ``AwsClients``: credentials are aiobotocore's refreshable ones, refreshed
+with awaits that never block the event loop. Each request is signed with SigV4 by ``Signer``,
+which produces exactly what botocore's ``SigV4Auth`` does for these JSON POSTs at a tenth of
+its cost (a GetRecords call is made per shard several times a second). The response body is
+parsed by ``orjson`` straight into the Lambda event record shape: botocore's generic parser
+costs several times as much per GetRecords page and turns ApproximateCreationDateTime into
+``datetime`` objects, which Lambda events do not have.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from fanout.aws.clients import AwsClients
 from fanout.aws.signer import Signer
 from fanout.errors import (
     IteratorExpired,
@@ -71,19 +73,21 @@ def _error(status: int, body: bytes, op: str) -> SourceError:
 class StreamsClient:
     """Signed JSON calls to DynamoDB and DynamoDB Streams for one region/endpoint.
 
-    Use as ``async with StreamsClient.create(region=..., endpoint_url=...) as client``.
+    Use as ``async with await StreamsClient.create(aws, region=..., endpoint_url=...)``; the
+    client keeps its own connection pool (sized for one GetRecords loop per shard) and takes
+    credentials from ``aws``.
     """
 
     def __init__(
         self,
         *,
-        session: Any,
+        aws: AwsClients,
         region: str,
         streams_url: str,
         dynamodb_url: str,
         timeout: float = 30.0,
     ) -> None:
-        self._session = session  # aiobotocore session: credentials
+        self._aws = aws
         self.region = region
         self.streams_url = streams_url
         self.dynamodb_url = dynamodb_url
@@ -95,29 +99,25 @@ class StreamsClient:
     @classmethod
     async def create(
         cls,
+        aws: AwsClients,
         *,
         region: str | None = None,
         endpoint_url: str | None = None,
         request_timeout: float = 30.0,
     ) -> StreamsClient:
-        """Resolve region, endpoints and credentials the way the AWS SDK does."""
-        from aiobotocore.session import get_session
+        """Resolve region and endpoints the way the AWS SDK does, with ``aws``'s session.
 
-        session = get_session()
-        async with session.create_client(
-            "dynamodbstreams", region_name=region, endpoint_url=endpoint_url
-        ) as streams:
-            streams_url = streams.meta.endpoint_url
-            resolved_region = streams.meta.region_name
-        async with session.create_client(
-            "dynamodb", region_name=resolved_region, endpoint_url=endpoint_url
-        ) as ddb:
-            dynamodb_url = ddb.meta.endpoint_url
+        Raises:
+            botocore.exceptions.NoRegionError: no region given and none configured.
+        """
+        streams = await aws.client("dynamodbstreams", region=region, endpoint_url=endpoint_url)
+        resolved_region: str = streams.meta.region_name
+        ddb = await aws.client("dynamodb", region=resolved_region, endpoint_url=endpoint_url)
         return cls(
-            session=session,
+            aws=aws,
             region=resolved_region,
-            streams_url=streams_url,
-            dynamodb_url=dynamodb_url,
+            streams_url=streams.meta.endpoint_url,
+            dynamodb_url=ddb.meta.endpoint_url,
             timeout=request_timeout,
         )
 
@@ -130,7 +130,7 @@ class StreamsClient:
 
     async def open(self) -> None:
         if self._http is None:
-            self._credentials = await self._session.get_credentials()
+            self._credentials = await self._aws.credentials()
             if self._credentials is None:
                 raise SourceError(
                     "no AWS credentials found (environment, shared config, container or "
