@@ -26,6 +26,7 @@ from fanout.delivery import deadletter as dead_letters
 from fanout.delivery.lane import Route
 from fanout.errors import FanoutError
 from fanout.filters import compile_filters
+from fanout.httpclient import HttpClient
 from fanout.observe.metrics import Metrics
 from fanout.progress.sqlite import SQLiteCheckpointStore
 from fanout.retry import RetryPolicy
@@ -57,8 +58,9 @@ class Worker:
         self.store = SQLiteCheckpointStore(self.settings.checkpoints.path)
         self.workers: list[StreamWorker] = []
         self.sinks: dict[str, Sink] = {}
-        # One AWS session for the process, closed at shutdown.
+        # One AWS session and one HTTP session for the process, closed at shutdown.
         self.aws = AwsClients()
+        self.http = HttpClient()
         self.http_port: int | None = None
         self.started = anyio.Event()
         self._stop = anyio.Event()
@@ -104,7 +106,10 @@ class Worker:
         for name, cfg in self.config.sinks.items():
             entry = self.config.sink_type(name)
             context = SinkContext(
-                metrics=self.metrics, logger=logging.getLogger(f"fanout.sink.{name}")
+                metrics=self.metrics,
+                logger=logging.getLogger(f"fanout.sink.{name}"),
+                aws=self.aws,
+                http=self.http,
             )
             sinks[name] = entry.build(name, cfg, context)
         return sinks
@@ -154,6 +159,7 @@ class Worker:
                 await self.store.open()
                 stack.push_async_callback(self.store.aclose)
                 stack.push_async_callback(self.aws.aclose)
+                stack.push_async_callback(self.http.aclose)
                 clients: dict[tuple[str | None, str | None], StreamsClient] = {}
                 for stream in self.settings.streams.values():
                     key = (stream.region, stream.endpoint_url)

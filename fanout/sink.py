@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -15,6 +15,8 @@ from fanout.errors import ConfigError
 from fanout.records import Record
 
 if TYPE_CHECKING:
+    from fanout.aws.clients import AwsClients
+    from fanout.httpclient import HttpClient
     from fanout.observe.metrics import Metrics
 
 ENTRY_POINT_GROUP = "fanout.sinks"
@@ -43,12 +45,60 @@ class Failure:
 Failures = dict[int, Failure]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class SinkContext:
-    """What a sink gets from the worker when it is built."""
+    """What a sink gets from the worker when it is built: shared clients, metrics, a logger.
 
-    metrics: Metrics | None = None
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("fanout.sink"))
+    Everything here is shared by every sink of the process and owned by whoever made the
+    context (the worker, or the caller of ``standalone()``), which closes the clients after
+    every sink's ``stop()``. A sink never closes them.
+
+    Attributes:
+        metrics: the process's metric families; label what a sink adds with its name.
+        logger: the sink's logger, ``fanout.sink.<name>``.
+        aws: shared aiobotocore clients (``await aws.client("sqs", region=...)``) and the
+            process's credentials, for requests signed by hand with
+            ``fanout.aws.signer.Signer.sign``.
+        http: the shared aiohttp session (``http.session()``), for HTTP destinations.
+    """
+
+    metrics: Metrics
+    logger: logging.Logger
+    aws: AwsClients
+    http: HttpClient
+
+    @classmethod
+    def standalone(
+        cls,
+        name: str = "sink",
+        *,
+        metrics: Metrics | None = None,
+        aws: AwsClients | None = None,
+        http: HttpClient | None = None,
+    ) -> SinkContext:
+        """A context for a sink built outside a worker (tests, command-line tools).
+
+        Cheap: metrics on a fresh registry, the logger ``fanout.sink.<name>``, and clients
+        that open nothing until a sink uses them. Close it with ``aclose()`` after the
+        sink's ``stop()``.
+        """
+        from fanout.aws.clients import AwsClients
+        from fanout.httpclient import HttpClient
+        from fanout.observe.metrics import Metrics
+
+        return cls(
+            metrics=metrics if metrics is not None else Metrics(),
+            logger=logging.getLogger(f"fanout.sink.{name}"),
+            aws=aws if aws is not None else AwsClients(),
+            http=http if http is not None else HttpClient(),
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP session and the AWS clients (for the owner of the context)."""
+        try:
+            await self.http.aclose()
+        finally:
+            await self.aws.aclose()
 
 
 class Sink(Protocol):

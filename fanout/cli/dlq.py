@@ -367,9 +367,7 @@ class Redriver:
         self.config = cfg.model_copy(update={"retry": retry, "parallelization_factor": 1})
         entry = config.sink_type(target)
         self.metrics = Metrics()
-        self.sink = entry.build(
-            target, cfg, SinkContext(metrics=self.metrics, logger=logging.getLogger("fanout.sink"))
-        )
+        self.sink = entry.build(target, cfg, SinkContext.standalone(target, metrics=self.metrics))
         self.target = target
         self.backoff = RetryPolicy(retry.initial_backoff, retry.max_backoff)
         self.collector = _Collector()
