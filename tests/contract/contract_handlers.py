@@ -1,0 +1,23 @@
+"""A Lambda-style handler for the handler sink's contract run (imported by path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# function name (the sink's name) -> eventIDs the handler was called with
+ARRIVED: dict[str, list[str]] = {}
+
+
+def receive(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Records what arrived, refuses records marked ``poison``, then scribbles over its event
+    (the sink must have given it a copy)."""
+    arrived = ARRIVED.setdefault(context.function_name, [])
+    failures = []
+    for record in event["Records"]:
+        arrived.append(record["eventID"])
+        if "poison" in record["dynamodb"].get("NewImage", {}):
+            failures.append({"itemIdentifier": record["dynamodb"]["SequenceNumber"]})
+        record["dynamodb"]["NewImage"] = {"scribbled": {"BOOL": True}}
+        record.pop("eventSourceARN", None)
+    event["Records"].clear()
+    return {"batchItemFailures": failures}

@@ -1,0 +1,218 @@
+"""Every sink type the registry offers keeps the sink contract (fanout.testing.contract).
+
+The types come from the ``fanout.sinks`` entry points, plus one defined only here and
+installed for the test as a distribution of its own; a type without a contract target below
+fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import orjson
+import pytest
+
+from fanout.config import SinkConfig
+from fanout.records import Record
+from fanout.sink import Failure, Failures, SinkContext, SinkRegistry, SinkType
+from fanout.testing.contract import CHECKS, ContractTarget, NotApplicable
+from tests.contract import contract_handlers
+
+# -- a sink type defined only in this test, found through its own entry point ------------
+
+PROBE = "contract-probe"
+PROBE_ARRIVED: list[str] = []
+
+
+class ProbeConfig(SinkConfig):
+    type: Literal["contract-probe"] = "contract-probe"
+    fail_start: bool = False
+
+
+class ProbeSink:
+    """Keeps what it receives in memory; refuses records marked ``poison``; uses the shared
+    HTTP session the way an HTTP sink would (so closing the context is exercised)."""
+
+    ordered = False
+
+    def __init__(self, name: str, config: ProbeConfig, context: SinkContext) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
+        self.started = False
+
+    async def start(self) -> None:
+        self.context.http.session()
+        if self.config.fail_start:
+            raise RuntimeError("the probe refuses to start")
+        self.started = True
+
+    async def send(self, batch: Sequence[Record]) -> Failures:
+        assert self.started
+        await anyio.sleep(0)  # let concurrent sends interleave
+        failures: Failures = {}
+        for i, record in enumerate(batch):
+            if "poison" in record["dynamodb"]["NewImage"]:
+                failures[i] = Failure(False, "poisoned")
+            else:
+                PROBE_ARRIVED.append(record["eventID"])
+        self.context.metrics.build_info.info({"probe": "sent"})
+        return failures
+
+    async def stop(self) -> None:
+        self.started = False
+
+
+def _build_probe(name: str, config: ProbeConfig, context: SinkContext) -> ProbeSink:
+    return ProbeSink(name, config, context)
+
+
+PROBE_TYPE: SinkType[ProbeConfig] = SinkType(ProbeConfig, _build_probe)
+
+
+@contextlib.contextmanager
+def probe_distribution(site: Path) -> Iterator[None]:
+    """A distribution ``fanout-contract-probe`` whose entry point offers PROBE, importable
+    from ``site`` (put on sys.path) until the block ends."""
+    info = site / "fanout_contract_probe-0.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fanout-contract-probe\nVersion: 0.0.1\n"
+    )
+    (info / "entry_points.txt").write_text(f"[fanout.sinks]\n{PROBE} = {__name__}:PROBE_TYPE\n")
+    sys.path.insert(0, str(site))
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        sys.path.remove(str(site))
+        importlib.invalidate_caches()
+        shutil.rmtree(info)
+
+
+@pytest.fixture
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SinkRegistry]:
+    """The sink types of the installed distributions plus the probe distribution's."""
+    with probe_distribution(tmp_path_factory.mktemp("site")):
+        yield SinkRegistry()
+
+
+# -- contract targets, one per sink type -------------------------------------------------
+
+
+def _poisoned(record: Record) -> Record:
+    record["dynamodb"]["NewImage"]["poison"] = {"BOOL": True}
+    return record
+
+
+def _json_lines(data: bytes) -> list[str]:
+    return [orjson.loads(line)["eventID"] for line in data.splitlines() if line]
+
+
+def _file_target(
+    sink_type: SinkType[Any], tmp_path: Path, mp: pytest.MonkeyPatch
+) -> ContractTarget:
+    path = tmp_path / "out" / "records.jsonl"
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+
+    def arrived() -> list[str]:
+        return _json_lines(path.read_bytes()) if path.exists() else []
+
+    return ContractTarget(
+        sink_type,
+        {"type": "file", "path": str(path)},
+        arrived,
+        broken_options={"type": "file", "path": str(blocker / "records.jsonl")},
+    )
+
+
+def _stdout_target(
+    sink_type: SinkType[Any], tmp_path: Path, mp: pytest.MonkeyPatch
+) -> ContractTarget:
+    # The sink writes to sys.stdout.buffer: give it one of our own for the test.
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    mp.setattr(sys, "stdout", out)
+    buffer = out.buffer
+    assert isinstance(buffer, io.BytesIO)
+    return ContractTarget(sink_type, {"type": "stdout"}, lambda: _json_lines(buffer.getvalue()))
+
+
+def _handler_target(
+    sink_type: SinkType[Any], tmp_path: Path, mp: pytest.MonkeyPatch
+) -> ContractTarget:
+    module = contract_handlers.__name__
+    return ContractTarget(
+        sink_type,
+        {"type": "handler", "handler": f"{module}:receive"},
+        lambda: contract_handlers.ARRIVED.get("contract", []),
+        broken_options={"type": "handler", "handler": f"{module}:missing"},
+        poison=_poisoned,
+    )
+
+
+def _probe_target(
+    sink_type: SinkType[Any], tmp_path: Path, mp: pytest.MonkeyPatch
+) -> ContractTarget:
+    return ContractTarget(
+        sink_type,
+        {"type": PROBE},
+        lambda: PROBE_ARRIVED,
+        broken_options={"type": PROBE, "fail_start": True},
+        poison=_poisoned,
+    )
+
+
+TARGETS: dict[str, Callable[[SinkType[Any], Path, pytest.MonkeyPatch], ContractTarget]] = {
+    "file": _file_target,
+    "stdout": _stdout_target,
+    "handler": _handler_target,
+    PROBE: _probe_target,
+}
+
+# Collected from what is installed now, so a sink type added to pyproject.toml without a
+# target above is a failing test, not a missing one.
+KINDS = sorted({*SinkRegistry(), PROBE})
+
+
+def test_every_sink_type_has_a_contract_target(registry: SinkRegistry) -> None:
+    assert PROBE in registry
+    missing = sorted(set(registry) - set(TARGETS))
+    assert not missing, f"sink types without a contract target in {__file__}: {missing}"
+
+
+def test_the_test_only_sink_type_comes_and_goes_with_its_distribution(tmp_path: Path) -> None:
+    assert PROBE not in SinkRegistry()
+    with probe_distribution(tmp_path):
+        found = SinkRegistry()
+        assert PROBE in found
+        assert found[PROBE] is PROBE_TYPE
+    assert PROBE not in SinkRegistry()
+    assert str(tmp_path) not in sys.path
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_sink_type_keeps_the_contract(
+    kind: str,
+    check: Callable[[ContractTarget], Any],
+    registry: SinkRegistry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make = TARGETS.get(kind)
+    if make is None:
+        pytest.fail(f"sink type {kind!r} has no contract target in TARGETS")
+    target = make(registry[kind], tmp_path, monkeypatch)
+    try:
+        await check(target)
+    except NotApplicable as exc:
+        pytest.skip(str(exc))
