@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from fanout.stream.shards import (
-    ReaderOptions,
-    _iso,
-    backoff_delay,
-    estimate_lost,
-    sequence_stride,
-    skip_older,
-)
+from fanout.stream.gaps import estimate_lost, iso, sequence_stride, skip_older
+from fanout.stream.reader import ReaderOptions
 
 
 def page(*seqs: int, created: float = 0.0) -> list[dict[str, Any]]:
@@ -71,12 +66,12 @@ def test_estimate_lost(
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
-    options = ReaderOptions(error_backoff_initial=0.2, error_backoff_cap=10.0, rng=random.Random(1))
+    retry = replace(ReaderOptions().retry, rng=random.Random(1))  # the reader's default
     for errors, ceiling in [(1, 0.2), (2, 0.4), (3, 0.8), (6, 6.4), (7, 10.0), (200, 10.0)]:
-        delays = {backoff_delay(options, errors) for _ in range(50)}
+        delays = {retry.delay(errors) for _ in range(50)}
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(delays) == 50  # never the same wait twice: readers do not retry in step
-    assert backoff_delay(options, 0) <= 0.2
+    assert retry.delay(0) <= 0.2
 
 
 def test_skip_older_drops_what_came_before_the_starting_time() -> None:
@@ -91,5 +86,5 @@ def test_skip_older_drops_what_came_before_the_starting_time() -> None:
 
 
 def test_times_are_logged_as_utc() -> None:
-    assert _iso(0) == "1970-01-01T00:00:00Z"
-    assert _iso(None) is None
+    assert iso(0) == "1970-01-01T00:00:00Z"
+    assert iso(None) is None
