@@ -21,85 +21,22 @@ from functools import partial
 import anyio
 from anyio.abc import TaskGroup
 
-from fanout.config import StreamConfig
-from fanout.delivery.lane import Route, ShardDispatch
+from fanout.delivery.lane import ShardDispatch
 from fanout.errors import FanoutError, SourceError, StreamNotFound
-from fanout.observe.metrics import GET_RECORDS_OUTCOMES, Metrics
-from fanout.progress.store import Checkpoint, CheckpointRow, CheckpointStore
+from fanout.observe.metrics import GET_RECORDS_OUTCOMES
+from fanout.progress.store import Checkpoint, CheckpointRow
 from fanout.progress.tracker import ShardProgress
-from fanout.progress.writer import CheckpointWriter
-from fanout.stream.api import Shard, StreamsAPI, retry_call
+from fanout.stream.api import Shard, retry_call
 from fanout.stream.gaps import DataLossError, Gap, iso, record_loss, unknown_gap
-from fanout.stream.reader import ReaderContext, ReaderOptions, ShardReader
+from fanout.stream.parts import DiscoveryStatus, StreamParts, StreamStart
+from fanout.stream.reader import ReaderContext, ShardReader
 
 log = logging.getLogger("fanout.stream")
 
-# Stream records carry ApproximateCreationDateTime rounded down (to the second on AWS, to
-# the minute on DynamoDB Local). Skipping "records older than T" keeps this much slack so
-# a rounded timestamp never hides a record written after T: a few extra, never one lost.
-_TIMESTAMP_SLACK_S = 60.0
 # Targeted child lookups after a shard ended before leaving it to a full discovery.
 _CHILD_LOOKUPS = 5
 
 _ACTIVE = ("ENABLED", "ENABLING")
-
-
-@dataclass(frozen=True, slots=True)
-class StreamParts:
-    """What every stream ARN a configured stream reads shares (built once per stream).
-
-    Attributes:
-        name: the configured stream's name (logs, metric labels).
-        config: its configuration.
-        client: the DynamoDB Streams calls.
-        store: checkpoint reads (``prune``).
-        checkpoints: every checkpoint write.
-        routes: the sinks this stream feeds.
-        metrics: the process's metrics.
-        lanes: the task group the shards' lanes run in (they outlive the readers).
-        options: polling knobs and retry timing.
-    """
-
-    name: str
-    config: StreamConfig
-    client: StreamsAPI
-    store: CheckpointStore
-    checkpoints: CheckpointWriter
-    routes: list[Route]
-    metrics: Metrics
-    lanes: TaskGroup
-    options: ReaderOptions
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStart:
-    """Where the shards of a stream without a checkpoint start.
-
-    Attributes:
-        timestamp: records older than this (epoch seconds) are skipped; None: none are.
-        first_run: the very first start at LATEST: closed shards are skipped, open ones
-            read from a LATEST iterator.
-    """
-
-    timestamp: float | None = None
-    first_run: bool = False
-
-    @property
-    def skip_before(self) -> float | None:
-        """Records older than this are skipped in shards without a checkpoint."""
-        if self.timestamp is None:
-            return None
-        return self.timestamp - _TIMESTAMP_SLACK_S
-
-
-@dataclass
-class DiscoveryStatus:
-    """For ``/readyz``: whether the stream was listed once, when the shards were last listed
-    (monotonic), and why the latest attempt failed (None once one succeeds)."""
-
-    ready: bool = False
-    discovered_at: float | None = None
-    error: str | None = None
 
 
 @dataclass(slots=True)

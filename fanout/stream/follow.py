@@ -26,7 +26,8 @@ from fanout.progress.tracker import ShardProgress
 from fanout.progress.writer import CheckpointWriter
 from fanout.retry import RetryPolicy
 from fanout.stream.api import Shard, StreamsAPI, TableStream
-from fanout.stream.discovery import DiscoveryStatus, ShardGraph, StreamParts, StreamStart
+from fanout.stream.discovery import ShardGraph
+from fanout.stream.parts import DiscoveryStatus, StreamParts, StreamStart
 from fanout.stream.reader import ReaderOptions
 
 log = logging.getLogger("fanout.stream")

@@ -13,11 +13,11 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 from prometheus_client import Counter
 
-from fanout.delivery.lane import ShardDispatch
 from fanout.errors import (
     IteratorExpired,
     ServiceError,
@@ -74,6 +74,15 @@ class ReaderOptions:
     retry: RetryPolicy = field(default_factory=_stream_retry)
 
 
+class PageTarget(Protocol):
+    """Where a shard's pages go (``fanout.delivery.lane.ShardDispatch``)."""
+
+    async def submit(self, records: list[Record], last_seq: str) -> None:
+        """Hand ``records`` (ending at sequence number ``last_seq``) to every sink; may
+        wait while the sinks' buffers are full."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ReaderContext:
     """What the shard readers of one stream ARN share.
@@ -115,7 +124,7 @@ class ShardReader:
         context: what the readers of the stream share.
         shard: the shard.
         progress: its ack tracking (the reader marks it caught up when idle).
-        dispatch: its lanes; every page is submitted there.
+        dispatch: where every page is submitted (the shard's lanes).
         checkpoint: its stored checkpoint, if any (the reader resumes after it).
         latest: start from a LATEST iterator (the first start at LATEST, an open shard).
         skip_before: without a checkpoint, skip records created before this epoch time.
@@ -126,7 +135,7 @@ class ShardReader:
         context: ReaderContext,
         shard: Shard,
         progress: ShardProgress,
-        dispatch: ShardDispatch,
+        dispatch: PageTarget,
         checkpoint: Checkpoint | None,
         *,
         latest: bool = False,
