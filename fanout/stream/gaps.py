@@ -206,7 +206,8 @@ def created(record: Record) -> float:
 def last_sequence(records: Sequence[Record]) -> str | None:
     """The last sequence number of a page that holds malformed records, if any."""
     for record in reversed(records):
-        seq = record.get("dynamodb", {}).get("SequenceNumber") if isinstance(record, dict) else None
+        part = record.get("dynamodb") if isinstance(record, dict) else None
+        seq = part.get("SequenceNumber") if isinstance(part, dict) else None
         if isinstance(seq, str):
             return seq
     return None
