@@ -199,7 +199,8 @@ def skip_older(records: list[Record], before: float) -> tuple[list[Record], bool
 
 def created(record: Record) -> float:
     """A record's ApproximateCreationDateTime (epoch seconds; 0 when it has none)."""
-    value = record.get("dynamodb", {}).get("ApproximateCreationDateTime")
+    part = record.get("dynamodb")
+    value = part.get("ApproximateCreationDateTime") if isinstance(part, dict) else None
     return float(value) if isinstance(value, int | float) else 0.0
 
 

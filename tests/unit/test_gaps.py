@@ -155,6 +155,7 @@ def test_the_last_sequence_number_of_a_malformed_page() -> None:
     assert last_sequence([{"dynamodb": {}}, {"dynamodb": "garbage"}]) is None
     assert created({"dynamodb": {"ApproximateCreationDateTime": 7}}) == 7.0
     assert created({}) == 0.0
+    assert created({"dynamodb": "garbage"}) == 0.0
 
 
 def test_a_loss_is_counted_logged_and_failed_by_policy(caplog: pytest.LogCaptureFixture) -> None:

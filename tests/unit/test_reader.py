@@ -111,6 +111,19 @@ async def test_a_malformed_last_record_still_moves_the_position(streams):
     assert reader.last_seen == written[-1]
 
 
+async def test_a_last_record_with_a_malformed_dynamodb_part_is_passed_on(streams):
+    stream, shard = one_shard(streams)
+    written = streams.put(shard, 2)
+    shard.records.append({"dynamodb": "garbage"})
+    streams.close(shard)
+    h = Harness(streams, stream)
+    reader = h.reader(shard, skip_before=0.0)
+    assert await reader.run() is True
+    ((records, last),) = h.pages.pages
+    assert (len(records), last) == (3, written[-1])
+    assert reader.last_read == (0.0, None)
+
+
 async def test_a_page_without_any_sequence_number_is_not_submitted(streams):
     stream, shard = one_shard(streams)
     shard.records.extend([{"eventName": "MODIFY"}, {"dynamodb": "garbage"}])
