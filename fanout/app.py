@@ -75,7 +75,9 @@ class Worker:
         self.backoff = backoff
         self.handle_signals = handle_signals
         self._streams_factory = streams
-        self.store: CheckpointStore = store or SQLiteCheckpointStore(self.settings.checkpoints.path)
+        self.store: CheckpointStore = (
+            store if store is not None else SQLiteCheckpointStore(self.settings.checkpoints.path)
+        )
         self.checkpoints = CheckpointWriter(
             self.store,
             self.metrics,
