@@ -83,7 +83,7 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
     config = build_config(spec["config"], bench_sinks.registry())
     options = None
     if spec.get("min_poll_interval") is not None:
-        from fanout.stream.shards import ReaderOptions
+        from fanout.stream.reader import ReaderOptions
 
         options = ReaderOptions(min_poll_interval=spec["min_poll_interval"])
     worker = Worker(config, handle_signals=False, reader_options=options)

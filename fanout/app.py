@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
 from fanout.aws.clients import AwsClients
-from fanout.config import Config, SinkConfig
+from fanout.config import Config, SinkConfig, StreamConfig
 from fanout.delivery import deadletter as dead_letters
 from fanout.delivery.lane import Route
 from fanout.errors import FanoutError
@@ -29,16 +29,35 @@ from fanout.filters import compile_filters
 from fanout.httpclient import HttpClient
 from fanout.observe.metrics import Metrics
 from fanout.progress.sqlite import SQLiteCheckpointStore
+from fanout.progress.store import CheckpointStore
+from fanout.progress.tracker import ShardProgress
+from fanout.progress.writer import CheckpointWriter
 from fanout.retry import RetryPolicy
 from fanout.sink import Sink, SinkContext
+from fanout.stream.api import StreamsAPI
 from fanout.stream.client import StreamsClient
-from fanout.stream.shards import ReaderOptions, StreamWorker
+from fanout.stream.follow import StreamWorker
+from fanout.stream.reader import ReaderOptions
 
 log = logging.getLogger("fanout.app")
 
 
 class Worker:
-    """One fanout process: every configured stream, sink and the checkpoint store."""
+    """One fanout process: every configured stream, sink and the checkpoint store.
+
+    Args:
+        config: the whole configuration.
+        metrics: the metrics to fill (a fresh registry by default).
+        reader_options: polling knobs and stream retry timing (tests shrink them); the
+            checkpoint writer retries with the same ``retry`` policy.
+        backoff: every sink's retry policy, instead of the one its config gives.
+        handle_signals: stop on SIGTERM/SIGINT.
+        streams: builds the DynamoDB Streams calls of a configured stream (a fake, in
+            tests; the caller opens and closes it). Default: a ``StreamsClient`` per region
+            and endpoint, opened and closed by the worker.
+        store: the checkpoint store (opened and closed by the worker). Default: the SQLite
+            file ``checkpoints.path``.
+    """
 
     def __init__(
         self,
@@ -48,6 +67,8 @@ class Worker:
         reader_options: ReaderOptions | None = None,
         backoff: RetryPolicy | None = None,
         handle_signals: bool = True,
+        streams: Callable[[StreamConfig], StreamsAPI] | None = None,
+        store: CheckpointStore | None = None,
     ) -> None:
         self.config = config
         self.settings = config.settings
@@ -55,7 +76,18 @@ class Worker:
         self.reader_options = reader_options
         self.backoff = backoff
         self.handle_signals = handle_signals
-        self.store = SQLiteCheckpointStore(self.settings.checkpoints.path)
+        self._streams_factory = streams
+        self.store: CheckpointStore = (
+            store if store is not None else SQLiteCheckpointStore(self.settings.checkpoints.path)
+        )
+        self.checkpoints = CheckpointWriter(
+            self.store,
+            self.metrics,
+            shards=self._shard_progress,
+            interval=self.settings.checkpoints.interval,
+            retry=(reader_options or ReaderOptions()).retry,
+            on_flush=self.update_gauges,
+        )
         self.workers: list[StreamWorker] = []
         self.sinks: dict[str, Sink] = {}
         # One AWS session and one HTTP session for the process, closed at shutdown.
@@ -65,9 +97,9 @@ class Worker:
         self.started = anyio.Event()
         self._stop = anyio.Event()
         self._fatal: BaseException | None = None
-        streams = list(self.settings.streams)
+        names = list(self.settings.streams)
         self.metrics.declare(
-            streams, {name: cfg.streams or streams for name, cfg in config.sinks.items()}
+            names, {name: cfg.streams or names for name, cfg in config.sinks.items()}
         )
 
     @property
@@ -160,16 +192,7 @@ class Worker:
                 stack.push_async_callback(self.store.aclose)
                 stack.push_async_callback(self.aws.aclose)
                 stack.push_async_callback(self.http.aclose)
-                clients: dict[tuple[str | None, str | None], StreamsClient] = {}
-                for stream in self.settings.streams.values():
-                    key = (stream.region, stream.endpoint_url)
-                    if key not in clients:
-                        client = await StreamsClient.create(
-                            self.aws, region=stream.region, endpoint_url=stream.endpoint_url
-                        )
-                        await client.open()
-                        stack.push_async_callback(client.aclose)
-                        clients[key] = client
+                clients = await self._stream_clients(stack)
                 self.sinks = self._build_sinks()
                 for sink in self.sinks.values():
                     stack.push_async_callback(sink.stop)
@@ -184,11 +207,10 @@ class Worker:
                         from fanout.observe.health import serve
 
                         self.http_port = await services.start(serve, self)
-                    services.start_soon(self._checkpoint_loop)
+                    services.start_soon(self.checkpoints.run)
                     await self._read_and_drain(clients, routes)
                     services.cancel_scope.cancel()
-                with anyio.CancelScope(shield=True):
-                    await self._flush_checkpoints()
+                await self.checkpoints.close()
                 log.info("worker_stopped", extra={"reason": "fatal" if self._fatal else "stop"})
         except FanoutError as exc:
             log.error("worker_failed", extra={"error": f"{type(exc).__name__}: {exc}"})
@@ -200,9 +222,27 @@ class Worker:
             return 1
         return 0
 
-    async def _read_and_drain(
-        self, clients: dict[tuple[str | None, str | None], StreamsClient], routes: list[Route]
-    ) -> None:
+    async def _stream_clients(self, stack: AsyncExitStack) -> dict[str, StreamsAPI]:
+        """The DynamoDB Streams calls of every configured stream, by stream name."""
+        if self._streams_factory is not None:
+            factory = self._streams_factory
+            return {name: factory(cfg) for name, cfg in self.settings.streams.items()}
+        clients: dict[tuple[str | None, str | None], StreamsClient] = {}
+        for stream in self.settings.streams.values():
+            key = (stream.region, stream.endpoint_url)
+            if key not in clients:
+                client = await StreamsClient.create(
+                    self.aws, region=stream.region, endpoint_url=stream.endpoint_url
+                )
+                await client.open()
+                stack.push_async_callback(client.aclose)
+                clients[key] = client
+        return {
+            name: clients[(cfg.region, cfg.endpoint_url)]
+            for name, cfg in self.settings.streams.items()
+        }
+
+    async def _read_and_drain(self, clients: dict[str, StreamsAPI], routes: list[Route]) -> None:
         grace = self.settings.shutdown_grace
         drain = anyio.CancelScope()
         with drain:
@@ -211,8 +251,9 @@ class Worker:
                     StreamWorker(
                         name,
                         cfg,
-                        clients[(cfg.region, cfg.endpoint_url)],
+                        clients[name],
                         self.store,
+                        self.checkpoints,
                         routes,
                         self.metrics,
                         lanes,
@@ -252,38 +293,10 @@ class Worker:
                 log.info("signal_received", extra={"signal": signal.Signals(signum).name})
                 self.stop()
 
-    async def _checkpoint_loop(self) -> None:
-        interval = self.settings.checkpoints.interval
-        while True:
-            await anyio.sleep(interval)
-            try:
-                await self._flush_checkpoints()
-            except FanoutError as exc:
-                self.metrics.checkpoint_failures.inc()
-                log.error("checkpoint_failed", extra={"error": str(exc)})
-            self.update_gauges()
-
-    async def _flush_checkpoints(self) -> None:
-        rows: list[Any] = []
-        written: dict[str, int] = {}
+    def _shard_progress(self) -> Iterator[ShardProgress]:
+        """The progress of every shard of every stream (what the checkpoint writer flushes)."""
         for worker in self.workers:
-            batch = worker.checkpoint_rows()
-            rows.extend(batch)
-            if batch:
-                written[worker.name] = len(batch)
-        if not rows:
-            self.metrics.checkpoint_current()
-            return
-        try:
-            await self.store.save(rows)
-        except FanoutError:
-            for worker in self.workers:  # write them again next time
-                for progress in worker.progress.values():
-                    progress.dirty = True
-            raise
-        for name, count in written.items():
-            self.metrics.checkpoints.labels(name).inc(count)
-        self.metrics.checkpoint_current()
+            yield from worker.progress.values()
 
     def update_gauges(self) -> None:
         stall = self.settings.http.stall_timeout

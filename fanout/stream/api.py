@@ -1,4 +1,5 @@
-"""The seam between the stream reader and DynamoDB Streams: ``StreamsAPI`` and its values.
+"""The seam between the stream reader and DynamoDB Streams: ``StreamsAPI``, its values, and
+``retry_call``, how callers retry its errors.
 
 The reader, discovery and lineage code talk to the service only through ``StreamsAPI``;
 ``fanout.stream.client.StreamsClient`` implements it over HTTP, tests implement it in memory.
@@ -6,10 +7,15 @@ The reader, discovery and lineage code talk to the service only through ``Stream
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from fanout.errors import SourceError, StreamNotFound
 from fanout.records import Record
+from fanout.retry import RetryPolicy
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +97,44 @@ class StreamsAPI(Protocol):
     async def get_records(self, iterator: str, limit: int | None = None) -> Page:
         """One GetRecords page, records in the Lambda event record shape."""
         ...
+
+
+class _Final(Exception):
+    """Carries a ``SourceError`` that must not be retried through ``RetryPolicy.call``."""
+
+    def __init__(self, error: SourceError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def retry_call(
+    policy: RetryPolicy,
+    fn: Callable[[], Awaitable[T]],
+    *,
+    final: tuple[type[SourceError], ...] = (StreamNotFound,),
+    on_failure: Callable[[BaseException, int], None] | None = None,
+    attempts: int | None = None,
+) -> T:
+    """Await ``fn()`` (a ``StreamsAPI`` call) with ``policy``, retrying every ``SourceError``
+    but those in ``final``, which are raised at once.
+
+    Args:
+        policy: the waits between failures.
+        fn: the call (a fresh awaitable each time).
+        final: error types that are not retried (the caller handles them).
+        on_failure: told each retried failure and its attempt number, before the wait.
+        attempts: give up after this many calls, raising the last failure; None: never.
+    """
+
+    async def once() -> T:
+        try:
+            return await fn()
+        except final as exc:
+            raise _Final(exc) from exc
+
+    try:
+        return await policy.call(
+            once, retry_on=(SourceError,), on_failure=on_failure, attempts=attempts
+        )
+    except _Final as stop:
+        raise stop.error from None

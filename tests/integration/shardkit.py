@@ -22,7 +22,9 @@ import anyio
 from fanout.app import Worker
 from fanout.config import Config, build_config
 from fanout.observe.metrics import Metrics
-from fanout.stream.shards import ReaderOptions, StreamWorker
+from fanout.retry import RetryPolicy
+from fanout.stream.follow import StreamWorker
+from fanout.stream.reader import ReaderOptions
 from fanout.testing.streamserver import Call, Change, Shard, Stream, StreamServer
 
 
@@ -90,10 +92,8 @@ def _key(record: dict[str, Any]) -> str:
 def fast_options(seed: int = 0) -> ReaderOptions:
     return ReaderOptions(
         min_poll_interval=0.005,
-        error_backoff_initial=0.01,
-        error_backoff_cap=0.2,
         child_lookup_delay=0.05,
-        rng=random.Random(seed),
+        retry=RetryPolicy(0.01, 0.2, floor=0.5, rng=random.Random(seed)),
     )
 
 

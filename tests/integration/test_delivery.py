@@ -21,7 +21,7 @@ from fanout.app import Worker
 from fanout.cli import main
 from fanout.config import load_config
 from fanout.delivery.deadletter import read_entries
-from fanout.stream.shards import ReaderOptions
+from fanout.stream.reader import ReaderOptions
 from tests.integration import delivery_handlers as handlers
 from tests.integration.process import WorkerProcess, read_lines, wait_for
 

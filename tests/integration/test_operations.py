@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fanout.app import Worker
 from fanout.config import build_config
 from fanout.retry import RetryPolicy
-from fanout.stream.shards import ReaderOptions
+from fanout.stream.reader import ReaderOptions
 from fanout.testing.streamserver import Change, StreamServer
 
 pytestmark = pytest.mark.integration
@@ -109,7 +109,9 @@ async def running(config: dict[str, Any]) -> AsyncIterator[Worker]:
         build_config(config),
         handle_signals=False,
         backoff=RetryPolicy(0.01, 0.05),
-        reader_options=ReaderOptions(min_poll_interval=0.0, error_backoff_initial=0.02),
+        reader_options=ReaderOptions(
+            min_poll_interval=0.0, retry=RetryPolicy(0.02, 10.0, floor=0.5)
+        ),
     )
     async with anyio.create_task_group() as tg:
         result: list[int] = []

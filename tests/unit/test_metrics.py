@@ -12,7 +12,8 @@ from fanout import __version__
 from fanout.app import Worker
 from fanout.config import build_config
 from fanout.observe.metrics import GET_RECORDS_OUTCOMES, SINK_OUTCOMES, Metrics
-from fanout.progress.store import CheckpointRow
+from fanout.progress.store import Checkpoint
+from fanout.progress.tracker import ShardProgress
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -228,24 +229,26 @@ async def test_checkpoint_flush_counts_written_rows_and_marks_the_store_current(
     worker = _worker(tmp_path)
     m = worker.metrics
     m.checkpoint_current(time.time() - 500)
-    rows = [
-        CheckpointRow("arn:aws:dynamodb:us-east-1:1:table/Orders/stream/x", "shard-1", "100", False)
-    ]
-    orders = SimpleNamespace(name="orders", progress={}, checkpoint_rows=lambda: list(rows))
+    arn = "arn:aws:dynamodb:us-east-1:1:table/Orders/stream/x"
+    progress = ShardProgress("orders", arn, "shard-1", None)
+    progress.open("100").settle(1)  # the page up to 100 is settled: the frontier moved
+    orders = SimpleNamespace(name="orders", progress={"shard-1": progress})
     worker.workers = cast("Any", [orders])
     await worker.store.open()
     try:
-        await worker._flush_checkpoints()
+        await worker.checkpoints.flush()
+        (row,) = await worker.store.all()
+        assert row == Checkpoint(arn, "shard-1", "100", False, row.updated_at)
     finally:
         await worker.store.aclose()
     assert value(m, "fanout_checkpoints_written_total", stream="orders") == 1
+    assert not progress.dirty
     age = value(m, "fanout_checkpoint_age_seconds")
     assert age is not None
     assert age < 5
     # nothing to write: the store is still current
     m.checkpoint_current(time.time() - 500)
-    rows.clear()
-    await worker._flush_checkpoints()
+    await worker.checkpoints.flush()
     age = value(m, "fanout_checkpoint_age_seconds")
     assert age is not None
     assert age < 5

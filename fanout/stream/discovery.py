@@ -1,0 +1,514 @@
+"""The shard graph of one stream ARN: discovery, lineage, a reader per readable shard.
+
+* Lineage. A shard is read once its parent is finished (read to its end and every record
+  settled) or is confirmed no longer listed, so a child's records are never delivered
+  before its parent's last one. The two children of a split run in parallel.
+* Children always start at TRIM_HORIZON and are looked up the moment their parent ends
+  (DescribeStream with a CHILD_SHARDS filter), not at the next periodic discovery.
+* Shards that vanish unread, and a stream that is gone, are data-loss gaps.
+
+The rules are written out in ``docs/shards.md`` ("Discovery", "Lineage").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+
+import anyio
+from anyio.abc import TaskGroup
+
+from fanout.delivery.lane import ShardDispatch
+from fanout.errors import FanoutError, SourceError, StreamNotFound
+from fanout.observe.metrics import GET_RECORDS_OUTCOMES
+from fanout.progress.store import Checkpoint, CheckpointRow
+from fanout.progress.tracker import ShardProgress
+from fanout.stream.api import Shard, retry_call
+from fanout.stream.gaps import DataLossError, Gap, iso, record_loss, unknown_gap
+from fanout.stream.parts import DiscoveryStatus, StreamParts, StreamStart
+from fanout.stream.reader import ReaderContext, ShardReader
+
+log = logging.getLogger("fanout.stream")
+
+# Targeted child lookups after a shard ended before leaving it to a full discovery.
+_CHILD_LOOKUPS = 5
+
+_ACTIVE = ("ENABLED", "ENABLING")
+
+
+@dataclass(slots=True)
+class Listing:
+    """One complete DescribeStream listing."""
+
+    shards: list[Shard]
+    status: str
+
+
+class _NoChildrenYet(Exception):
+    """An ended shard's children are not listed yet."""
+
+
+class ShardGraph:
+    """Reads every shard of one stream ARN, parents before children, until the stream is
+    disabled and read to its end, or gone.
+
+    Args:
+        parts: what the configured stream shares.
+        stream_arn: the stream to read.
+        checkpoints: its stored checkpoints, by shard id.
+        start: where shards without a checkpoint start.
+        status: discovery status for ``/readyz`` (shared by every ARN of the stream).
+    """
+
+    def __init__(
+        self,
+        parts: StreamParts,
+        stream_arn: str,
+        checkpoints: dict[str, Checkpoint],
+        start: StreamStart,
+        status: DiscoveryStatus,
+    ) -> None:
+        self.name = parts.name
+        self.parts = parts
+        self.config = parts.config
+        self.client = parts.client
+        self.writer = parts.checkpoints
+        self.metrics = parts.metrics
+        self.options = parts.options
+        self.retry = parts.options.retry
+        self.stream_arn = stream_arn
+        self.checkpoints = checkpoints
+        self.start = start
+        self.status = status
+        self.progress: dict[str, ShardProgress] = {}
+        self.finished: set[str] = {s for s, c in checkpoints.items() if c.finished}
+        self.running: set[str] = set()
+        self.listed: dict[str, Shard] = {}  # the latest complete listing, plus children found
+        self.iterator_age: dict[str, float] = {}
+        # every shard listed while reading this stream, with when it was first seen
+        self._seen: dict[str, float] = {}
+        self._missing_parents: set[str] = set()  # parents absent from the latest listing
+        self._confirmed_missing: set[str] = set()  # ... and from the one before it
+        self._initial_open: set[str] = set()
+        self._readers: TaskGroup | None = None
+        self._failure: FanoutError | None = None
+        self._waiting = 0
+        self._wake = anyio.Event()
+        interval = self.config.discovery_interval
+        delay = self.options.child_lookup_delay
+        # Child lookups wait 0.5 s, 1 s, 2 s ... (doubling, no jitter) while none is listed.
+        self._lookups = replace(self.retry, initial=delay, cap=max(delay, interval), floor=1.0)
+        m = parts.metrics
+        self._context = ReaderContext(
+            stream=self.name,
+            stream_arn=stream_arn,
+            client=self.client,
+            options=self.options,
+            max_idle_interval=self.config.max_idle_interval,
+            calls={o: m.get_records_calls.labels(self.name, o) for o in GET_RECORDS_OUTCOMES},
+            records_read=m.records_read.labels(self.name),
+            iterator_age=self.iterator_age,
+            relist=self.relist,
+            record_loss=self.record_loss,
+        )
+
+    def max_iterator_age(self) -> float:
+        """Age of the newest record read, max over the shards being read."""
+        ages = self.iterator_age
+        return max(ages.values()) if ages else 0.0
+
+    async def read(self) -> str:
+        """Read the stream until it is disabled and read to its end ("disabled") or gone
+        ("gone").
+
+        Raises:
+            DataLossError: records were lost and ``on_data_loss`` is ``fail``.
+        """
+        end = "failed"
+        async with anyio.create_task_group() as readers:
+            self._readers = readers
+            end = await self._discovery_loop()
+            readers.cancel_scope.cancel()
+        self._readers = None
+        if self._failure is not None:
+            raise self._failure
+        return end
+
+    def relist(self) -> None:
+        """List the stream again now (a reader found it, or a shard, gone)."""
+        self._wake.set()
+
+    def record_loss(self, gap: Gap) -> None:
+        """Count, log and apply ``on_data_loss`` to a gap.
+
+        Raises:
+            DataLossError: ``on_data_loss`` is ``fail``.
+        """
+        record_loss(
+            gap,
+            stream=self.name,
+            stream_arn=self.stream_arn,
+            policy=self.config.on_data_loss,
+            metrics=self.metrics,
+        )
+
+    def warn_old_checkpoints(self) -> None:
+        """Log the unfinished checkpoints written longer ago than the retention: records
+        after them may have been trimmed (checked when the shard is read)."""
+        limit = time.time() - self.options.retention
+        for sid, cp in self.checkpoints.items():
+            if not cp.finished and cp.updated_at < limit:
+                log.warning(
+                    "checkpoint_older_than_retention",
+                    extra={
+                        "stream": self.name,
+                        "shard": sid,
+                        "seq": cp.sequence,
+                        "checkpoint_written_at": iso(cp.updated_at),
+                        "age_h": round((time.time() - cp.updated_at) / 3600, 1),
+                        "note": "records after it may have been trimmed; checked when read",
+                    },
+                )
+
+    # -- discovery --------------------------------------------------------------------------
+
+    async def _discovery_loop(self) -> str:
+        arn = self.stream_arn
+        first = True
+        while True:
+            self._wake = anyio.Event()
+            hold = first and self.start.first_run  # LATEST, first start: mark shards first
+            started = time.monotonic()
+            listing = await self._discover(spawn=not hold)
+            if listing is None:
+                await self._stream_gone()
+                return "gone"
+            if hold:
+                await self._mark_initial(listing.shards)
+            first = False
+            ids = {s.shard_id for s in listing.shards}
+            await self._vanished_shards(ids, started)
+            if self._failure is not None:
+                return "failed"
+            started_or_done = self.finished | self.running
+            waiting = [s for s in listing.shards if s.shard_id not in started_or_done]
+            missing = {
+                s.parent_id
+                for s in waiting
+                if s.parent_id is not None
+                and s.parent_id not in ids
+                and s.parent_id not in self.finished
+            }
+            # A parent missing from one listing may just have been created while it was
+            # being paged through; missing from two in a row, it is gone.
+            self._confirmed_missing = missing & self._missing_parents
+            self._missing_parents = missing
+            self._spawn(listing.shards, complete=True)
+            self.status.ready = True
+            await self._prune(ids)
+            if listing.status not in _ACTIVE and self._drained(listing):
+                log.warning(
+                    "stream_disabled_and_read",
+                    extra={"stream": self.name, "stream_arn": arn, "status": listing.status},
+                )
+                return "disabled"
+            if missing - self._confirmed_missing:
+                continue  # list again now to confirm
+            with anyio.move_on_after(self.config.discovery_interval):
+                await self._wake.wait()
+
+    def _drained(self, listing: Listing) -> bool:
+        return not self.running and all(s.shard_id in self.finished for s in listing.shards)
+
+    async def _discover(self, *, spawn: bool) -> Listing | None:
+        """Every shard of the stream (all DescribeStream pages); None if the stream is gone.
+
+        A page that fails is retried (with backoff) from where the listing stopped; pages
+        already read are kept, and their readable shards started, meanwhile.
+        """
+        arn = self.stream_arn
+        interval = self.config.discovery_interval
+        shards: list[Shard] = []
+        start: str | None = None
+        failures = 0
+        pages = 0
+        failure: list[tuple[BaseException, int]] = []
+
+        def failed(exc: BaseException, attempt: int) -> None:
+            nonlocal failures
+            failures += 1
+            self.status.error = str(exc)
+            self.metrics.discovery_errors.labels(self.name).inc()
+            failure.append((exc, attempt))
+
+        async def wait(seconds: float) -> None:
+            # The wait is known only here: log the failure with it, then wait (never longer
+            # than a discovery interval).
+            exc, attempt = failure.pop()
+            delay = min(seconds, interval)
+            log.error(
+                "discovery_failed",
+                extra={
+                    "stream": self.name,
+                    "error": str(exc),
+                    "shards_listed": len(shards),
+                    "pages_read": pages,
+                    "attempt": attempt,
+                    "retry_in_s": round(delay, 2),
+                },
+            )
+            await self.retry.sleep(delay)
+
+        pacing = replace(self.retry, sleep=wait)
+        while True:
+            try:
+                desc = await retry_call(
+                    pacing,
+                    partial(self.client.describe_stream, arn, exclusive_start_shard_id=start),
+                    on_failure=failed,
+                )
+            except StreamNotFound:
+                return None
+            pages += 1
+            page = [Shard.from_wire(raw) for raw in desc.get("Shards", [])]
+            now = time.monotonic()
+            for shard in page:
+                self.listed[shard.shard_id] = shard
+                self._seen.setdefault(shard.shard_id, now)
+            shards.extend(page)
+            if spawn:
+                self._spawn(page, complete=False)
+            start = desc.get("LastEvaluatedShardId")
+            if not start:
+                if failures:
+                    log.info(
+                        "discovery_recovered",
+                        extra={"stream": self.name, "failures": failures, "pages": pages},
+                    )
+                self.status.discovered_at, self.status.error = time.monotonic(), None
+                self.listed = {s.shard_id: s for s in shards} | {
+                    sid: self.listed[sid] for sid in self.running if sid in self.listed
+                }
+                return Listing(shards, str(desc.get("StreamStatus", "ENABLED")))
+
+    async def _mark_initial(self, shards: list[Shard]) -> None:
+        """First start at LATEST: closed shards hold only older records; the open ones are
+        read from LATEST in this run (a later run reads a shard without a checkpoint from
+        TRIM_HORIZON and skips what is older than the stored start time)."""
+        closed = [s.shard_id for s in shards if s.ending_sequence is not None]
+        self._initial_open = {s.shard_id for s in shards if s.ending_sequence is None}
+        rows = [CheckpointRow(self.stream_arn, sid, None, True) for sid in closed]
+        await self.writer.save(rows, stream=self.name)
+        self.finished.update(closed)
+
+    def _eligible(self, shard: Shard, complete: bool) -> bool:
+        parent = shard.parent_id
+        if parent is None or parent in self.finished:
+            return True
+        return complete and parent in self._confirmed_missing
+
+    def _spawn(self, shards: Sequence[Shard], *, complete: bool) -> None:
+        readers = self._readers
+        if readers is None or self._failure is not None:
+            return
+        waiting = 0
+        limit = self.config.max_shards
+        for shard in shards:
+            sid = shard.shard_id
+            if sid in self.finished or sid in self.running or not self._eligible(shard, complete):
+                continue
+            if len(self.running) >= limit:
+                waiting += 1
+                continue
+            self.running.add(sid)
+            readers.start_soon(self._read_shard, shard, name=f"shard {sid}")
+        if complete and waiting != self._waiting:
+            self._waiting = waiting
+            if waiting:
+                log.warning(
+                    "shards_waiting",
+                    extra={"stream": self.name, "waiting": waiting, "max_shards": limit},
+                )
+        self._update_shard_gauges()
+
+    def _update_shard_gauges(self) -> None:
+        self.metrics.shards.labels(self.name, "active").set(len(self.running))
+        self.metrics.shards.labels(self.name, "finished").set(len(self.finished))
+
+    async def _prune(self, listed: set[str]) -> None:
+        """Drop finished checkpoints of shards that are no longer listed."""
+        gone = {sid for sid in self.finished if sid not in listed}
+        if not gone:
+            return
+        try:
+            removed = await self.parts.store.prune(self.stream_arn, sorted(listed))
+        except FanoutError as exc:
+            log.warning("checkpoint_prune_failed", extra={"stream": self.name, "error": str(exc)})
+            return
+        self.finished -= gone
+        keep = listed | self.running
+        self._seen = {sid: t for sid, t in self._seen.items() if sid in keep}
+        for sid in gone:
+            self.checkpoints.pop(sid, None)
+        if removed:
+            log.info("checkpoints_pruned", extra={"stream": self.name, "shards": removed})
+
+    # -- shards and streams that vanish -----------------------------------------------------
+
+    async def _vanished_shards(self, listed: set[str], since: float) -> None:
+        """Shards with unread records that are no longer listed were trimmed away whole.
+
+        Only shards seen before this listing started count: one found meanwhile (a child
+        looked up at its parent's end) may be missing from pages read before it existed.
+        """
+        unfinished = {sid for sid, c in self.checkpoints.items() if not c.finished}
+        seen = {sid for sid, t in self._seen.items() if t < since}
+        lost = sorted((seen | unfinished) - listed - self.finished - self.running)
+        for sid in lost:
+            cp = self.checkpoints.get(sid)
+            gap = unknown_gap(
+                sid,
+                cp.sequence if cp else None,
+                cp.updated_at if cp else None,
+                "the shard is no longer listed (older than the stream's retention) "
+                "and was not read to its end",
+            )
+            try:
+                self.record_loss(gap)
+            except DataLossError as exc:
+                self._fail(exc)
+                return
+            row = CheckpointRow(self.stream_arn, sid, None, True)
+            await self.writer.save([row], stream=self.name)
+            self.finished.add(sid)
+
+    async def _stream_gone(self) -> None:
+        """The stream answered ResourceNotFoundException: account for what was not read."""
+        unfinished = {sid for sid, c in self.checkpoints.items() if not c.finished}
+        unread = sorted((set(self.listed) | unfinished | self.running) - self.finished)
+        log.error(
+            "stream_gone",
+            extra={
+                "stream": self.name,
+                "stream_arn": self.stream_arn,
+                "unfinished_shards": len(unread),
+                "source": "table" if self.config.table else "stream_arn",
+            },
+        )
+        if self._readers is not None:
+            self._readers.cancel_scope.cancel()
+        if not unread:
+            return
+        gap = unknown_gap(
+            ",".join(unread[:10]) + ("..." if len(unread) > 10 else ""),
+            None,
+            None,
+            f"the stream is gone with {len(unread)} shard(s) not read to their end",
+        )
+        try:
+            self.record_loss(gap)
+        except DataLossError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: FanoutError) -> None:
+        """End the stream with ``exc`` (raised by ``read``), without an exception group."""
+        if self._failure is None:
+            self._failure = exc
+        if self._readers is not None:
+            self._readers.cancel_scope.cancel()
+
+    # -- one shard --------------------------------------------------------------------------
+
+    async def _read_shard(self, shard: Shard) -> None:
+        sid = shard.shard_id
+        checkpoint = self.checkpoints.get(sid)
+        progress = ShardProgress(
+            self.name, self.stream_arn, sid, checkpoint.sequence if checkpoint else None
+        )
+        self.progress[sid] = progress
+        dispatch = ShardDispatch(progress, self.parts.routes, self.metrics)
+        self.parts.lanes.start_soon(dispatch.run)
+        reader = ShardReader(
+            self._context,
+            shard,
+            progress,
+            dispatch,
+            checkpoint,
+            latest=self.start.first_run and sid in self._initial_open,
+            skip_before=self.start.skip_before,
+        )
+        ended = False
+        try:
+            ended = await reader.run()
+        except DataLossError as exc:
+            self._fail(exc)
+        finally:
+            dispatch.close()
+            if not ended:
+                self.running.discard(sid)
+                self.iterator_age.pop(sid, None)
+        if not ended:
+            return
+        await progress.drained()
+        await self.writer.finish(progress)
+        self.finished.add(sid)
+        self.running.discard(sid)
+        self.progress.pop(sid, None)
+        self.iterator_age.pop(sid, None)
+        log.info(
+            "shard_finished", extra={"stream": self.name, "shard": sid, "seq": progress.frontier}
+        )
+        await self._start_children(sid)
+
+    async def _start_children(self, shard_id: str) -> None:
+        """Look the ended shard's children up at once and start them."""
+        arn = self.stream_arn
+
+        def failed(exc: BaseException, attempt: int) -> None:
+            log.info(
+                "child_lookup_failed",
+                extra={"stream": self.name, "shard": shard_id, "error": str(exc)},
+            )
+
+        async def lookup() -> list[Shard]:
+            desc = await retry_call(
+                self.retry,
+                lambda: self.client.describe_stream(arn, child_shards_of=shard_id),
+                on_failure=failed,
+                attempts=_CHILD_LOOKUPS,
+            )
+            children = [Shard.from_wire(raw) for raw in desc.get("Shards", [])]
+            children = [c for c in children if c.parent_id == shard_id]
+            if not children and desc.get("StreamStatus", "ENABLED") in _ACTIVE:
+                raise _NoChildrenYet  # a disabled stream gets no new shards: stop asking
+            return children
+
+        try:
+            children = await self._lookups.call(
+                lookup, retry_on=(_NoChildrenYet,), attempts=_CHILD_LOOKUPS
+            )
+        except StreamNotFound:
+            self.relist()
+            return
+        except (SourceError, _NoChildrenYet):
+            children = []
+        if not children:
+            self.relist()  # leave it to a full discovery now
+            self._update_shard_gauges()
+            return
+        now = time.monotonic()
+        for child in children:
+            self.listed[child.shard_id] = child
+            self._seen.setdefault(child.shard_id, now)
+        self._spawn(children, complete=False)
+        log.info(
+            "children_started",
+            extra={
+                "stream": self.name,
+                "shard": shard_id,
+                "children": [c.shard_id for c in children],
+            },
+        )
