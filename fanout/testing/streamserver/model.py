@@ -127,12 +127,13 @@ class Shard:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def read(self, position: int, limit: int, max_bytes: int) -> tuple[bytes, int, bool]:
-        """One page from ``position``: the records' JSON, comma separated, the position after
-        the page, and whether the shard is drained (closed, nothing after the page).
+    def next_page(self, position: int, limit: int, max_bytes: int) -> tuple[int, bool]:
+        """Where a page read from ``position`` ends, and whether the shard is then drained
+        (closed, nothing after the page); see :meth:`page_json` for the page itself.
 
         A page holds at most ``limit`` records and ``max_bytes`` of SizeBytes (at least one
-        record), and stops at a position scheduled to answer an empty page.
+        record), and stops at a position scheduled to answer an empty page; reaching such a
+        position uses up one of its empty pages.
         """
         position = min(position, len(self))
         pending = self._empty_pages.get(position, 0)
@@ -144,14 +145,18 @@ class Shard:
             end = position
         else:
             end = self._page_end(position, limit, max_bytes)
-        records = self._slice(position, end)
         drained = self.closed and end >= len(self) and not self._empty_pages.get(end)
-        return records, end, drained
+        return end, drained
 
-    def _slice(self, start: int, end: int) -> bytes:
+    def page_json(self, start: int, end: int, head: bytes, tail: bytes) -> bytes:
+        """``head``, the records ``start..end`` as JSON separated by commas, then ``tail``.
+
+        The page is copied once, straight from the shard's buffer into the answer.
+        """
         if end <= start:
-            return b""
-        return bytes(self._data[self._offsets[start] : self._offsets[end] - 1])
+            return head + tail
+        with memoryview(self._data) as data:
+            return b"".join((head, data[self._offsets[start] : self._offsets[end] - 1], tail))
 
     def _page_end(self, start: int, limit: int, max_bytes: int) -> int:
         end = min(len(self), start + limit)

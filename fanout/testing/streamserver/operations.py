@@ -295,15 +295,16 @@ class Operations:
                 "The data you are trying to access has been trimmed",
             )
         position = min(it.position, len(shard))
-        records, end, drained = shard.read(
+        end, drained = shard.next_page(
             position, min(limit, server.page_size), server.max_page_bytes
         )
         if end > position:
             server.records_served[shard.shard_id] += end - position
         if drained:
-            return b'{"Records":[' + records + b"]}"
-        next_iterator = self.iterator(shard, end).encode()
-        return b'{"Records":[' + records + b'],"NextShardIterator":"' + next_iterator + b'"}'
+            tail = b"]}"
+        else:
+            tail = b'],"NextShardIterator":"' + self.iterator(shard, end).encode() + b'"}'
+        return shard.page_json(position, end, b'{"Records":[', tail)
 
     def list_streams(self, body: dict[str, Any]) -> bytes:
         limit = _int_param(body, "Limit", 1, MAX_STREAMS_PER_PAGE) or MAX_STREAMS_PER_PAGE
