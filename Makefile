@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench schema deps system-deps clean
+.PHONY: run test lint typecheck unit bench bench-compare schema deps system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ test: deps system-deps lint typecheck
 
 bench: deps
 	$(BIN)/python -m bench
+
+# fanout as of BASELINE beside the current tree, same run, alternating rounds:
+# make bench-compare BASELINE=base-arch ROUNDS=6
+BASELINE ?= main
+ROUNDS   ?= 4
+bench-compare: deps
+	$(BIN)/python -m bench -s throughput --consumers fanout --rounds $(ROUNDS) --baseline $(BASELINE)
 
 schema: deps
 	$(BIN)/fanout schema > config/schema.json

@@ -12,6 +12,11 @@ Scenarios (all by default; pick with ``--scenario``, repeatable):
 
 ``--quick`` shrinks every scenario to a run of a minute or two. Results land in
 ``bench/results/<UTC time>.json`` (``--out`` to change the directory).
+
+Throughput can run several rounds (``--rounds N``: medians and the best round) and measure
+an older commit beside the current tree in the same run (``--baseline REV``, e.g.
+``python -m bench -s throughput --consumers fanout --rounds 4 --baseline main``; see
+``bench/baseline.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 import orjson
 
 from bench import scenarios
+from bench.baseline import BaselineError, checkout
 from bench.harness import REPO
 
 SCENARIOS: dict[str, Callable[[scenarios.Options], dict[str, Any]]] = {
@@ -81,6 +87,13 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, Any]], float], str, float]] = 
 ]
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -102,6 +115,24 @@ def _parser() -> argparse.ArgumentParser:
         "--consumers",
         type=lambda s: tuple(s.split(",")),
         help="throughput: fanout,fanout-unfiltered,floor,aiobotocore (default all)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        help="throughput: read everything this many times per consumer, alternating the "
+        "order; report the median and the best round (default 1)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="throughput: also run fanout as of REV (a commit, branch or tag), checked out "
+        "into .cache/bench-baseline/<short sha>, next to the current tree's fanout",
+    )
+    parser.add_argument(
+        "--baseline-dir",
+        type=Path,
+        metavar="DIR",
+        help="where --baseline checkouts go (default .cache/bench-baseline)",
     )
     parser.add_argument("--idle-seconds", type=float, help="idle: measured period (default 60)")
     parser.add_argument("--idle-shards", type=int, help="idle: shard count (default 100)")
@@ -141,6 +172,8 @@ def options(args: argparse.Namespace) -> scenarios.Options:
         opts.throughput_records = args.records
     if args.consumers:
         opts.consumers = args.consumers
+    if args.rounds is not None:
+        opts.rounds = args.rounds
     if args.idle_seconds is not None:
         opts.idle_seconds = args.idle_seconds
     if args.idle_shards is not None:
@@ -186,30 +219,60 @@ def _fmt(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _throughput_table(tp: dict[str, Any]) -> list[str]:
+    rounds = tp.get("rounds", 1)
+    several = rounds > 1
+    title = "throughput (closed shards, 1,000-record pages, NEW_AND_OLD_IMAGES"
+    if several:
+        title += f"; medians of {rounds} rounds, best round in brackets"
+    lines = [title + ")"]
+    width = max([17, *(len(row["consumer"]) for row in tp["rows"])])
+    best_rate = f" {'(best)':>10}" if several else ""
+    best_cpu = f" {'(best)':>8}" if several else ""
+    lines.append(
+        f"  {'consumer':<{width}} {'shards':>6} {'records':>9} {'seconds':>8} "
+        f"{'records/s':>10}{best_rate} {'CPU s/M rec':>11}{best_cpu} {'peak RSS MB':>11} "
+        f"{'server CPU':>10}"
+    )
+    for row in tp["rows"]:
+        best_rate = best_cpu = ""
+        if several:
+            best_rate = " " + f"({row['best_records_per_s']:,.0f})".rjust(10)
+            best_cpu = " " + f"({row['best_cpu_s_per_million']:.1f})".rjust(8)
+        lines.append(
+            f"  {row['consumer']:<{width}} {row['shards']:>6} {row['records']:>9,} "
+            f"{row['wall']:>8.2f} {row['records_per_s']:>10,.0f}{best_rate} "
+            f"{row['cpu_s_per_million']:>11.1f}{best_cpu} {row['peak_rss_mb']:>11.0f} "
+            f"{row['server_cpu'] / row['wall']:>10.0%}"
+        )
+    by = {(row["consumer"], row["shards"]): row for row in tp["rows"]}
+    baseline = tp.get("baseline")
+    for shards, ratio in tp["ratios"].items():
+        parts = []
+        for other in ("floor", "aiobotocore"):
+            if f"vs_{other}" in ratio:
+                parts.append(f"{other} x{ratio[f'vs_{other}']:.2f}")
+        if "filter_cpu_overhead" in ratio:
+            parts.append(f"filters +{ratio['filter_cpu_overhead']:.0%} CPU/record")
+        if parts:
+            lines.append(f"  fanout on {shards} shards: " + ", ".join(parts))
+        if baseline and "vs_baseline" in ratio:
+            new = by[("fanout", int(shards))]
+            old = by[(baseline["consumer"], int(shards))]
+            lines.append(
+                f"  fanout vs {baseline['consumer']} ({baseline['rev']}) on {shards} shards: "
+                f"records/s {new['records_per_s']:,.0f} vs {old['records_per_s']:,.0f} "
+                f"(x{ratio['vs_baseline']:.2f}), CPU s/M rec {new['cpu_s_per_million']:.1f} vs "
+                f"{old['cpu_s_per_million']:.1f} (x{ratio['cpu_vs_baseline']:.2f})"
+            )
+    return lines
+
+
 def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
     tp = results.get("throughput")
     if tp:
-        lines.append("throughput (closed shards, 1,000-record pages, NEW_AND_OLD_IMAGES)")
-        lines.append(
-            f"  {'consumer':<17} {'shards':>6} {'records':>9} {'seconds':>8} "
-            f"{'records/s':>10} {'CPU s/M rec':>11} {'peak RSS MB':>11} {'server CPU':>10}"
-        )
-        for row in tp["rows"]:
-            lines.append(
-                f"  {row['consumer']:<17} {row['shards']:>6} {row['records']:>9,} "
-                f"{row['wall']:>8.2f} {row['records_per_s']:>10,.0f} "
-                f"{row['cpu_s_per_million']:>11.1f} {row['peak_rss_mb']:>11.0f} "
-                f"{row['server_cpu'] / row['wall']:>10.0%}"
-            )
-        for shards, ratio in tp["ratios"].items():
-            parts = [
-                f"filters +{v:.0%} CPU/record"
-                if k == "filter_cpu_overhead"
-                else f"{k.removeprefix('vs_')} x{v:.2f}"
-                for k, v in ratio.items()
-            ]
-            lines.append(f"  fanout on {shards} shards: " + ", ".join(parts))
+        lines.extend(_throughput_table(tp))
     lat = results.get("latency")
     if lat:
         lines.append(
@@ -263,9 +326,21 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     opts = options(args)
     chosen = args.scenario or list(SCENARIOS)
+    if args.baseline is not None:
+        if "throughput" not in chosen:
+            parser.error("--baseline applies to the throughput scenario (-s throughput)")
+        try:
+            opts.baseline = checkout(args.baseline, root=args.baseline_dir)
+        except BaselineError as exc:
+            parser.error(f"--baseline {args.baseline}: {exc}")
+        print(
+            f"baseline {args.baseline}: {opts.baseline.sha} in {opts.baseline.tree}",
+            file=sys.stderr,
+        )
     started = datetime.datetime.now(datetime.UTC)
     results: dict[str, Any] = {}
     opts.out.mkdir(parents=True, exist_ok=True)

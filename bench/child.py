@@ -12,6 +12,10 @@ The process prints ``READY`` once it is reading (when the spec asks for it) and,
 JSON line with what it measured: wall and CPU seconds of the measured window, records read,
 peak RSS, and consumer-specific details. CPU is ``time.process_time()`` (every thread of this
 process), so the stream server's work is never counted.
+
+``--baseline`` runs an older checkout's copy of this module with the spec the current
+harness writes, so the spec only grows by optional fields, and the fields an older child
+reads (``consumer``, ``config``, ``url``, ``arn``, ``shards``, ``tune_gc``...) keep their meaning.
 """
 
 from __future__ import annotations

@@ -32,8 +32,11 @@ _AWS_VARIABLES = (
 )
 
 
-def local_env() -> dict[str, str]:
-    """The environment for every process of the benchmark: dummy credentials, loopback only."""
+def local_env(tree: Path = REPO) -> dict[str, str]:
+    """The environment for every process of the benchmark: dummy credentials, loopback only.
+
+    ``tree`` is the source tree the process imports fanout and bench from (``PYTHONPATH``).
+    """
     env = {
         k: v
         for k, v in os.environ.items()
@@ -48,7 +51,7 @@ def local_env() -> dict[str, str]:
         AWS_EC2_METADATA_DISABLED="true",
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=str(tree),
     )
     return env
 
@@ -64,9 +67,20 @@ class ChildError(RuntimeError):
 
 
 class Child:
-    """A ``python -m bench.child`` process running one consumer from a JSON spec."""
+    """A ``python -m bench.child`` process running one consumer from a JSON spec.
 
-    def __init__(self, spec: dict[str, Any], log: Path, *, profile: Path | None = None) -> None:
+    ``tree`` is the source tree whose ``bench/child.py`` runs, with that tree as working
+    directory and ``PYTHONPATH`` (an older checkout for a baseline; this one by default).
+    """
+
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        log: Path,
+        *,
+        profile: Path | None = None,
+        tree: Path = REPO,
+    ) -> None:
         self.spec = spec
         self.log_path = log
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -79,8 +93,8 @@ class Child:
             command += ["--", sys.executable, "-m", "bench.child"]
         self.proc = subprocess.Popen(
             command,
-            cwd=REPO,
-            env=local_env(),
+            cwd=tree,
+            env=local_env(tree),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -147,8 +161,10 @@ class Child:
 
 
 @contextmanager
-def child(spec: dict[str, Any], log: Path, *, profile: Path | None = None) -> Iterator[Child]:
-    proc = Child(spec, log, profile=profile)
+def child(
+    spec: dict[str, Any], log: Path, *, profile: Path | None = None, tree: Path = REPO
+) -> Iterator[Child]:
+    proc = Child(spec, log, profile=profile, tree=tree)
     try:
         yield proc
     finally:
@@ -156,9 +172,14 @@ def child(spec: dict[str, Any], log: Path, *, profile: Path | None = None) -> It
 
 
 def run_child(
-    spec: dict[str, Any], log: Path, timeout: float, *, profile: Path | None = None
+    spec: dict[str, Any],
+    log: Path,
+    timeout: float,
+    *,
+    profile: Path | None = None,
+    tree: Path = REPO,
 ) -> dict[str, Any]:
-    with child(spec, log, profile=profile) as proc:
+    with child(spec, log, profile=profile, tree=tree) as proc:
         return proc.result(timeout)
 
 

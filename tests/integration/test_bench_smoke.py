@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
 from bench.__main__ import main
+from bench.baseline import BaselineError, checkout
+from bench.harness import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -44,3 +48,69 @@ def test_throughput_scenario_reads_every_record_and_writes_results(tmp_path: Pat
         "filter_cpu_overhead",
     }
     assert report["machine"]["cpus"] >= 1
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"needs a git checkout: git {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def checkouts(tmp_path: Path) -> Iterator[Path]:
+    """A directory for baseline checkouts; every checkout in it is removed afterwards."""
+    root = tmp_path / "baselines"
+    yield root
+    for tree in root.glob("*"):
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False)
+
+
+def test_baseline_runs_beside_fanout_in_alternating_rounds(tmp_path: Path, checkouts: Path) -> None:
+    sha = _git("rev-parse", "HEAD")
+    short = _git("rev-parse", "--short", sha)
+    out = tmp_path / "results"
+    argv = ["-s", "throughput", "--consumers", "fanout", "--shards", "2", "--records", "2000"]
+    argv += ["--rounds", "2", "--baseline", "HEAD", "--baseline-dir", str(checkouts)]
+
+    assert main([*argv, "--out", str(out)]) == 0
+
+    (path,) = out.glob("*.json")
+    throughput = orjson.loads(path.read_bytes())["results"]["throughput"]
+    tree = checkouts / short
+    assert throughput["baseline"] == {
+        "rev": "HEAD",
+        "sha": sha,
+        "tree": str(tree),
+        "consumer": f"fanout@{short}",
+    }
+    rows = {r["consumer"]: r for r in throughput["rows"]}
+    assert list(rows) == ["fanout", f"fanout@{short}"]
+    assert rows["fanout"]["tree"] == str(REPO)
+    assert rows[f"fanout@{short}"]["tree"] == str(tree)
+    for row in rows.values():
+        assert row["records"] == row["expected"] == 2000
+        assert row["rounds"] == len(row["per_round"]) == 2
+        assert row["best_records_per_s"] >= row["records_per_s"] > 0
+        assert 0 < row["best_cpu_s_per_million"] <= row["cpu_s_per_million"]
+        assert set(row["sinks"]) == {"search", "notify", "audit"}
+    ratio = throughput["ratios"]["2"]
+    assert ratio["vs_baseline"] > 0
+    assert ratio["cpu_vs_baseline"] > 0
+    # the checkout is a detached worktree at that commit, reused as it is
+    assert (tree / "bench" / "child.py").is_file()
+    assert checkout("HEAD", root=checkouts).tree == tree
+
+
+def test_baseline_refuses_a_directory_that_is_not_its_checkout(checkouts: Path) -> None:
+    short = _git("rev-parse", "--short", "HEAD")
+    (checkouts / short).mkdir(parents=True)
+
+    with pytest.raises(BaselineError, match="not a checkout"):
+        checkout("HEAD", root=checkouts)
+
+
+def test_baseline_rejects_an_unknown_revision(checkouts: Path) -> None:
+    _git("rev-parse", "HEAD")
+    with pytest.raises(BaselineError, match="rev-parse"):
+        checkout("no-such-revision-anywhere", root=checkouts)
