@@ -21,8 +21,8 @@ from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
 from fanout.config import Config, SinkConfig
+from fanout.delivery import Route, SinkGate
 from fanout.delivery import deadletter as dead_letters
-from fanout.delivery.lane import Route
 from fanout.errors import FanoutError
 from fanout.filters import compile_filters
 from fanout.observe.metrics import Metrics
@@ -56,6 +56,8 @@ class Worker:
         self.store = SQLiteCheckpointStore(self.settings.checkpoints.path)
         self.workers: list[StreamWorker] = []
         self.sinks: dict[str, Sink] = {}
+        # One gate per sink, shared by its lanes and by dead-letter writes into it.
+        self.gates = {name: SinkGate(cfg.max_in_flight) for name, cfg in config.sinks.items()}
         self.http_port: int | None = None
         self.started = anyio.Event()
         self._stop = anyio.Event()
@@ -110,7 +112,7 @@ class Worker:
         dl = cfg.dead_letter
         if dl.type == "sink":
             assert dl.sink is not None
-            return dead_letters.SinkDeadLetter(self.sinks[dl.sink])
+            return dead_letters.SinkDeadLetter(self.sinks[dl.sink], self.gates[dl.sink])
         if dl.type == "sqs":
             from fanout.delivery.deadletter.sqs import SqsDeadLetter
 
@@ -138,6 +140,7 @@ class Worker:
                     dead_letter=self._dead_letter(name, cfg),
                     backoff=backoff,
                     metrics=self.metrics,
+                    gate=self.gates[name],
                 )
             )
         return routes

@@ -383,7 +383,7 @@ class Redriver:
 
     async def deliver(self, items: list[Entry]) -> list[bool]:
         """Deliver the records of ``items`` (in order); True for each that went through."""
-        from fanout.delivery.lane import Lane, Route
+        from fanout.delivery import Lane, Route
         from fanout.progress.tracker import ShardProgress
 
         route = Route(

@@ -30,7 +30,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from fanout.config import StreamConfig
-from fanout.delivery.lane import Route, ShardDispatch
+from fanout.delivery import Route, ShardDispatch
 from fanout.errors import (
     FanoutError,
     IteratorExpired,
