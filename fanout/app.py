@@ -13,13 +13,13 @@ import logging
 import signal
 import time
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
+from fanout.aws.clients import AwsClients
 from fanout.config import Config, SinkConfig
 from fanout.delivery import Route, SinkGate
 from fanout.delivery import deadletter as dead_letters
@@ -46,6 +46,7 @@ class Worker:
         reader_options: ReaderOptions | None = None,
         backoff: RetryPolicy | None = None,
         handle_signals: bool = True,
+        aws: AwsClients | None = None,
     ) -> None:
         self.config = config
         self.settings = config.settings
@@ -56,6 +57,7 @@ class Worker:
         self.store = SQLiteCheckpointStore(self.settings.checkpoints.path)
         self.workers: list[StreamWorker] = []
         self.sinks: dict[str, Sink] = {}
+        self.aws = aws or AwsClients()
         # One gate per sink, shared by its lanes and by dead-letter writes into it.
         self.gates = {name: SinkGate(cfg.max_in_flight) for name, cfg in config.sinks.items()}
         self.http_port: int | None = None
@@ -116,14 +118,7 @@ class Worker:
         if dl.type == "sqs":
             from fanout.delivery.deadletter.sqs import SqsDeadLetter
 
-            assert dl.queue_url is not None
-            sqs: dead_letters.DeadLetter = SqsDeadLetter(
-                dl.queue_url,
-                region=dl.region,
-                endpoint_url=dl.endpoint_url,
-                overflow_dir=Path(self.settings.checkpoints.path).parent / "dlq-overflow",
-            )
-            return sqs
+            return SqsDeadLetter.for_sink(self.config, name, self.aws)
         return dead_letters.FileDeadLetter(self.config.dead_letter_path(name))
 
     def _routes(self) -> list[Route]:
@@ -153,6 +148,7 @@ class Worker:
             async with AsyncExitStack() as stack:
                 await self.store.open()
                 stack.push_async_callback(self.store.aclose)
+                stack.push_async_callback(self.aws.aclose)  # after everything using it
                 clients: dict[tuple[str | None, str | None], StreamsClient] = {}
                 for stream in self.settings.streams.values():
                     key = (stream.region, stream.endpoint_url)
