@@ -57,7 +57,10 @@ class Worker:
         self.store = SQLiteCheckpointStore(self.settings.checkpoints.path)
         self.workers: list[StreamWorker] = []
         self.sinks: dict[str, Sink] = {}
+        # The process's AWS clients (the SQS dead-letter destinations use them); closed at
+        # shutdown unless they were handed in.
         self.aws = aws or AwsClients()
+        self._owns_aws = aws is None
         # One gate per sink, shared by its lanes and by dead-letter writes into it.
         self.gates = {name: SinkGate(cfg.max_in_flight) for name, cfg in config.sinks.items()}
         self.http_port: int | None = None
@@ -148,7 +151,8 @@ class Worker:
             async with AsyncExitStack() as stack:
                 await self.store.open()
                 stack.push_async_callback(self.store.aclose)
-                stack.push_async_callback(self.aws.aclose)  # after everything using it
+                if self._owns_aws:
+                    stack.push_async_callback(self.aws.aclose)  # after everything using it
                 clients: dict[tuple[str | None, str | None], StreamsClient] = {}
                 for stream in self.settings.streams.values():
                     key = (stream.region, stream.endpoint_url)
