@@ -14,7 +14,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
@@ -22,8 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from fanout.aws.clients import AwsClients
 from fanout.config import Config, SinkConfig, StreamConfig
+from fanout.delivery import Route, SinkGate
 from fanout.delivery import deadletter as dead_letters
-from fanout.delivery.lane import Route
 from fanout.errors import FanoutError
 from fanout.filters import compile_filters
 from fanout.httpclient import HttpClient
@@ -69,6 +68,7 @@ class Worker:
         handle_signals: bool = True,
         streams: Callable[[StreamConfig], StreamsAPI] | None = None,
         store: CheckpointStore | None = None,
+        aws: AwsClients | None = None,
     ) -> None:
         self.config = config
         self.settings = config.settings
@@ -90,9 +90,14 @@ class Worker:
         )
         self.workers: list[StreamWorker] = []
         self.sinks: dict[str, Sink] = {}
-        # One AWS session and one HTTP session for the process, closed at shutdown.
-        self.aws = AwsClients()
+        # One AWS session and one HTTP session for the process (the stream clients, the
+        # sinks and the SQS dead-letter destinations use them); closed at shutdown unless
+        # they were handed in.
+        self.aws = aws or AwsClients()
+        self._owns_aws = aws is None
         self.http = HttpClient()
+        # One gate per sink, shared by its lanes and by dead-letter writes into it.
+        self.gates = {name: SinkGate(cfg.max_in_flight) for name, cfg in config.sinks.items()}
         self.http_port: int | None = None
         self.started = anyio.Event()
         self._stop = anyio.Event()
@@ -150,18 +155,11 @@ class Worker:
         dl = cfg.dead_letter
         if dl.type == "sink":
             assert dl.sink is not None
-            return dead_letters.SinkDeadLetter(self.sinks[dl.sink])
+            return dead_letters.SinkDeadLetter(self.sinks[dl.sink], self.gates[dl.sink])
         if dl.type == "sqs":
             from fanout.delivery.deadletter.sqs import SqsDeadLetter
 
-            assert dl.queue_url is not None
-            sqs: dead_letters.DeadLetter = SqsDeadLetter(
-                dl.queue_url,
-                region=dl.region,
-                endpoint_url=dl.endpoint_url,
-                overflow_dir=Path(self.settings.checkpoints.path).parent / "dlq-overflow",
-            )
-            return sqs
+            return SqsDeadLetter.for_sink(self.config, name, self.aws)
         return dead_letters.FileDeadLetter(self.config.dead_letter_path(name))
 
     def _routes(self) -> list[Route]:
@@ -178,6 +176,7 @@ class Worker:
                     dead_letter=self._dead_letter(name, cfg),
                     backoff=backoff,
                     metrics=self.metrics,
+                    gate=self.gates[name],
                 )
             )
         return routes
@@ -190,7 +189,8 @@ class Worker:
             async with AsyncExitStack() as stack:
                 await self.store.open()
                 stack.push_async_callback(self.store.aclose)
-                stack.push_async_callback(self.aws.aclose)
+                if self._owns_aws:
+                    stack.push_async_callback(self.aws.aclose)  # after everything using it
                 stack.push_async_callback(self.http.aclose)
                 clients = await self._stream_clients(stack)
                 self.sinks = self._build_sinks()

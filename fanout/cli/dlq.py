@@ -16,25 +16,28 @@ A redrive is idempotent:
 
 A crash between a delivery and its bookkeeping can deliver that one batch again (at least
 once, never lost). Records that fail again stay in the destination, untouched.
+
+Destinations are read and acknowledged through the classes the worker writes with
+(``fanout.delivery.deadletter``), SQS with the process's shared clients (``AwsClients``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
 import orjson
 
+from fanout.aws.clients import AwsClients
 from fanout.cli.loader import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -44,14 +47,19 @@ from fanout.cli.loader import (
     load,
 )
 from fanout.config import Config, SinkConfig
-from fanout.delivery.deadletter import Entry, entry_key, read_entries
-from fanout.errors import ConfigError, DeadLetterError, FanoutError
+from fanout.delivery.deadletter import (
+    Entry,
+    FileDeadLetter,
+    Letter,
+    ReadableDeadLetter,
+    entry_key,
+)
+from fanout.errors import ConfigError, FanoutError
+
+if TYPE_CHECKING:
+    from fanout.delivery.deadletter.sqs import SqsDeadLetter
 
 log = logging.getLogger("fanout.dlqcli")
-
-SIDECAR_SUFFIX = ".redriven"
-_RECEIVE_WAIT_S = 1
-_VISIBILITY_S = 300
 
 
 def add_parser(subparsers: Any) -> None:
@@ -97,22 +105,11 @@ def run(args: argparse.Namespace) -> int:
 # -- where a sink's dead letters are ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where a sink's dead letters are read from."""
-
-    kind: str  # "file" or "sqs"
-    path: Path | None = None
-    queue_url: str | None = None
-    region: str | None = None
-    endpoint_url: str | None = None
-
-    def describe(self) -> str:
-        return str(self.path) if self.kind == "file" else str(self.queue_url)
-
-
-def source_of(config: Config, sink: str, kind: str | None, path: str | None) -> Source:
-    """The destination to read, from the options or the sink's ``dead_letter`` config."""
+def destination(
+    config: Config, sink: str, kind: str | None, path: str | None, clients: AwsClients
+) -> ReadableDeadLetter:
+    """The destination to read, from the options or the sink's ``dead_letter`` config: the
+    classes (and, for SQS, the client settings) the worker writes with."""
     if sink not in config.sinks:
         raise ConfigError("--sink", f"unknown sink {sink!r}")
     dl = config.sinks[sink].dead_letter
@@ -125,47 +122,12 @@ def source_of(config: Config, sink: str, kind: str | None, path: str | None) -> 
             "(or pass --from file --path FILE)",
         )
     if kind == "sqs":
+        from fanout.delivery.deadletter.sqs import SqsDeadLetter
+
         if not dl.queue_url:
             raise ConfigError("--from", f"sink {sink!r} has no dead_letter.queue_url")
-        return Source("sqs", queue_url=dl.queue_url, region=dl.region, endpoint_url=dl.endpoint_url)
-    return Source("file", path=Path(path) if path else config.dead_letter_path(sink))
-
-
-# -- the redrive bookkeeping of a file ------------------------------------------------------
-
-
-class Sidecar:
-    """``<dead-letter file>.redriven``: one JSON line per redriven record key, fsynced."""
-
-    def __init__(self, dlq_path: Path) -> None:
-        self.path = dlq_path.with_name(dlq_path.name + SIDECAR_SUFFIX)
-
-    def keys(self) -> set[str]:
-        """Keys of every record redriven so far."""
-        if not self.path.exists():
-            return set()
-        done: set[str] = set()
-        for line in self.path.read_bytes().splitlines():
-            try:
-                item = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue  # cut short by a crash: that batch counts as not recorded
-            if isinstance(item, dict) and isinstance(item.get("key"), str):
-                done.add(item["key"])
-        return done
-
-    def _append(self, data: bytes) -> None:
-        with self.path.open("ab") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    async def add(self, keys: Iterable[str], target: str) -> None:
-        """Record ``keys`` as redriven to ``target``."""
-        now = time.time()
-        data = b"".join(orjson.dumps({"key": k, "to": target, "at": now}) + b"\n" for k in keys)
-        if data:
-            await anyio.to_thread.run_sync(self._append, data)
+        return SqsDeadLetter.for_sink(config, sink, clients)
+    return FileDeadLetter(Path(path) if path else config.dead_letter_path(sink))
 
 
 # -- inspect --------------------------------------------------------------------------------
@@ -214,59 +176,36 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def file_summary(sink: str, path: Path) -> Summary:
+async def file_summary(sink: str, source: FileDeadLetter) -> Summary:
     """Summarise the entries of ``sink`` in a dead-letter file (minus the redriven ones)."""
-    summary = Summary(sink, str(path))
-    if not path.exists():
+    summary = Summary(sink, source.location)
+    if not source.path.exists():
         summary.note = "no dead-letter file (nothing dead-lettered)"
         return summary
-    done = Sidecar(path).keys()
     seen: set[str] = set()
-    for item in read_entries(path):
-        if item.get("sink") != sink:
-            continue
-        key = entry_key(item)
-        if key in seen:
-            continue
-        seen.add(key)
-        if key in done:
-            summary.redriven += 1
-        else:
-            summary.add(item)
+    async for letters in source.read():
+        for letter in letters:
+            item = letter.entry
+            if item is None or item.get("sink") != sink:
+                continue
+            key = entry_key(item)
+            if key in seen:
+                continue
+            seen.add(key)
+            if letter.acknowledged:
+                summary.redriven += 1
+            else:
+                summary.add(item)
     return summary
 
 
-async def _sqs_summary(sink: str, source: Source) -> Summary:
-    summary = Summary(sink, str(source.queue_url), approximate=True)
-    async with _sqs_client(source) as client:
-        answer = await client.get_queue_attributes(
-            QueueUrl=source.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )
-        attrs = answer.get("Attributes", {})
-        total = int(attrs.get("ApproximateNumberOfMessages", 0))
-        hidden = int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0))
-        # A peek (visibility 0 leaves the messages where they are) for the error classes.
-        seen: set[str] = set()
-        for _ in range(5):
-            got = await client.receive_message(
-                QueueUrl=source.queue_url,
-                MaxNumberOfMessages=10,
-                VisibilityTimeout=0,
-                WaitTimeSeconds=0,
-            )
-            messages = got.get("Messages", [])
-            fresh = [m for m in messages if m["MessageId"] not in seen]
-            if not fresh:
-                break
-            for message in fresh:
-                seen.add(message["MessageId"])
-                try:
-                    item = orjson.loads(message["Body"])
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(item, dict) and item.get("sink") == sink:
-                    summary.add(item)
+async def _sqs_summary(sink: str, source: SqsDeadLetter) -> Summary:
+    summary = Summary(sink, source.location, approximate=True)
+    total, hidden = await source.approximate_counts()
+    # A peek (the messages stay where they are) for the error classes.
+    for item in await source.peek():
+        if item.get("sink") == sink:
+            summary.add(item)
     sampled = summary.pending
     summary.pending = total + hidden
     summary.note = (
@@ -277,23 +216,8 @@ async def _sqs_summary(sink: str, source: Source) -> Summary:
 
 
 async def _inspect(config: Config, args: argparse.Namespace) -> int:
-    names = [args.sink] if args.sink else list(config.sinks)
-    summaries: list[Summary] = []
-    for name in names:
-        if name not in config.sinks:
-            raise ConfigError("--sink", f"unknown sink {name!r}")
-        dl = config.sinks[name].dead_letter
-        if dl.type == "sink" and not args.source and not args.path:
-            summaries.append(
-                Summary(name, f"sink:{dl.sink}", note=f"dead letters go to sink {dl.sink!r}")
-            )
-            continue
-        source = source_of(config, name, args.source, args.path)
-        if source.kind == "sqs":
-            summaries.append(await _sqs_summary(name, source))
-        else:
-            assert source.path is not None
-            summaries.append(file_summary(name, source.path))
+    async with _aws() as clients:
+        summaries = await _summaries(config, args, clients)
     if args.json:
         sys.stdout.write(orjson.dumps([s.as_dict() for s in summaries]).decode() + "\n")
         return EXIT_OK
@@ -308,6 +232,40 @@ async def _inspect(config: Config, args: argparse.Namespace) -> int:
         if s.note:
             print(f"  note: {s.note}")
     return EXIT_OK
+
+
+async def _summaries(
+    config: Config, args: argparse.Namespace, clients: AwsClients
+) -> list[Summary]:
+    names = [args.sink] if args.sink else list(config.sinks)
+    summaries: list[Summary] = []
+    for name in names:
+        if name not in config.sinks:
+            raise ConfigError("--sink", f"unknown sink {name!r}")
+        dl = config.sinks[name].dead_letter
+        if dl.type == "sink" and not args.source and not args.path:
+            summaries.append(
+                Summary(name, f"sink:{dl.sink}", note=f"dead letters go to sink {dl.sink!r}")
+            )
+            continue
+        source = destination(config, name, args.source, args.path, clients)
+        if isinstance(source, FileDeadLetter):
+            summaries.append(await file_summary(name, source))
+        else:
+            from fanout.delivery.deadletter.sqs import SqsDeadLetter
+
+            assert isinstance(source, SqsDeadLetter)
+            summaries.append(await _sqs_summary(name, source))
+    return summaries
+
+
+@asynccontextmanager
+async def _aws() -> AsyncIterator[AwsClients]:
+    clients = AwsClients()
+    try:
+        yield clients
+    finally:
+        await clients.aclose()
 
 
 # -- redrive --------------------------------------------------------------------------------
@@ -381,7 +339,7 @@ class Redriver:
 
     async def deliver(self, items: list[Entry]) -> list[bool]:
         """Deliver the records of ``items`` (in order); True for each that went through."""
-        from fanout.delivery.lane import Lane, Route
+        from fanout.delivery import Lane, Route
         from fanout.progress.tracker import ShardProgress
 
         route = Route(
@@ -407,14 +365,12 @@ class Redriver:
 
 async def _redrive(config: Config, args: argparse.Namespace) -> int:
     sink = args.sink
-    source = source_of(config, sink, args.source, args.path)
     target = args.target or sink
-    report = Report(sink, target, source.describe())
-    async with Redriver(config, target, args.attempts) as redriver:
-        if source.kind == "sqs":
-            await _redrive_sqs(source, sink, redriver, report)
-        else:
-            await _redrive_file(source, sink, redriver, report)
+    async with _aws() as clients:
+        source = destination(config, sink, args.source, args.path, clients)
+        report = Report(sink, target, source.location)
+        async with Redriver(config, target, args.attempts) as redriver:
+            await redrive(source, sink, redriver, report)
     if args.json:
         sys.stdout.write(orjson.dumps(report.as_dict()).decode() + "\n")
     else:
@@ -429,125 +385,55 @@ async def _redrive(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK if report.failed == 0 and report.unreadable == 0 else EXIT_FAILED
 
 
-async def _redrive_file(source: Source, sink: str, redriver: Redriver, report: Report) -> None:
-    assert source.path is not None
-    if not source.path.exists():
-        return
-    sidecar = Sidecar(source.path)
-    done = sidecar.keys()
-    todo: list[Entry] = []
-    keys: set[str] = set()
-    for item in read_entries(source.path):
-        if item.get("sink") != sink:
-            report.other_sinks += 1
-            continue
-        report.found += 1
-        key = entry_key(item)
-        if key in done:
-            report.already_redriven += 1
-        elif key in keys:
-            report.duplicates += 1
-        else:
-            keys.add(key)
-            todo.append(item)
-    size = max(1, redriver.config.batch_size)
-    for start in range(0, len(todo), size):
-        chunk = todo[start : start + size]
-        outcome = await redriver.deliver(chunk)
-        delivered = [entry_key(item) for item, ok in zip(chunk, outcome, strict=True) if ok]
-        await sidecar.add(delivered, redriver.target)
-        report.delivered += len(delivered)
-        report.failed += len(chunk) - len(delivered)
-
-
-def _sqs_client(source: Source) -> Any:
-    from aiobotocore.session import get_session
-
-    return get_session().create_client(
-        "sqs", region_name=source.region, endpoint_url=source.endpoint_url
-    )
-
-
-async def _redrive_sqs(source: Source, sink: str, redriver: Redriver, report: Report) -> None:
-    from fanout.delivery.deadletter.sqs import load_body
-
-    url = source.queue_url
-    release: list[str] = []  # receipt handles to make visible again at the end
-    seen: set[str] = set()
-    delivered_keys: set[str] = set()
-    async with _sqs_client(source) as client:
-        while True:
-            got = await client.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=10,
-                VisibilityTimeout=_VISIBILITY_S,
-                WaitTimeSeconds=_RECEIVE_WAIT_S,
-            )
-            messages = [m for m in got.get("Messages", []) if m["MessageId"] not in seen]
-            if not messages:
-                break
-            ours: list[tuple[dict[str, Any], Entry, Path | None]] = []
-            finished: list[tuple[dict[str, Any], Path | None]] = []
-            for message in messages:
-                seen.add(message["MessageId"])
-                try:
-                    item, overflow = load_body(message["Body"])
-                except DeadLetterError as exc:
-                    report.unreadable += 1
-                    log.error("dead_letter_unreadable", extra={"error": str(exc)})
-                    release.append(message["ReceiptHandle"])
-                    continue
-                if item.get("sink") != sink:
-                    report.other_sinks += 1
-                    release.append(message["ReceiptHandle"])
-                    continue
-                report.found += 1
-                if entry_key(item) in delivered_keys:
-                    report.duplicates += 1
-                    finished.append((message, overflow))
-                else:
-                    ours.append((message, item, overflow))
-            if ours:
-                outcome = await redriver.deliver([item for _, item, _ in ours])
-                for (message, item, overflow), ok in zip(ours, outcome, strict=True):
-                    if ok:
-                        report.delivered += 1
-                        delivered_keys.add(entry_key(item))
-                        finished.append((message, overflow))
-                    else:
-                        report.failed += 1
-                        release.append(message["ReceiptHandle"])
-            if finished:
-                await _delete(client, url, finished)
-        await _release(client, url, release)
-
-
-async def _delete(
-    client: Any, url: str | None, done: list[tuple[dict[str, Any], Path | None]]
+async def redrive(
+    source: ReadableDeadLetter, sink: str, redriver: Redriver, report: Report
 ) -> None:
-    for start in range(0, len(done), 10):
-        part = done[start : start + 10]
-        answer = await client.delete_message_batch(
-            QueueUrl=url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, (m, _) in enumerate(part)
-            ],
+    """Deliver the entries of ``sink`` in ``source`` once each, acknowledging each batch that
+    went through; what stays (other sinks, failures, unreadable) is released at the end."""
+    size = max(1, redriver.config.batch_size)
+    queued: set[str] = set()  # keys handed to the sink in this run
+    delivered: set[str] = set()
+    stay: list[Letter] = []
+    async for letters in source.read():
+        ours: list[tuple[Letter, Entry]] = []
+        copies: list[tuple[Letter, str]] = []
+        for letter in letters:
+            item = letter.entry
+            if item is None:
+                report.unreadable += 1
+                log.error("dead_letter_unreadable", extra={"error": letter.error})
+                stay.append(letter)
+                continue
+            if item.get("sink") != sink:
+                report.other_sinks += 1
+                stay.append(letter)
+                continue
+            report.found += 1
+            key = entry_key(item)
+            if letter.acknowledged:
+                report.already_redriven += 1
+            elif key in queued:
+                report.duplicates += 1
+                copies.append((letter, key))
+            else:
+                queued.add(key)
+                ours.append((letter, item))
+        for start in range(0, len(ours), size):
+            chunk = ours[start : start + size]
+            outcome = await redriver.deliver([item for _, item in chunk])
+            done: list[Letter] = []
+            for (letter, item), ok in zip(chunk, outcome, strict=True):
+                if ok:
+                    done.append(letter)
+                    delivered.add(entry_key(item))
+                else:
+                    stay.append(letter)
+            await source.acknowledge(done, target=redriver.target)
+            report.delivered += len(done)
+            report.failed += len(chunk) - len(done)
+        # A record dead-lettered twice is delivered once: its copies go with it.
+        await source.acknowledge(
+            [letter for letter, key in copies if key in delivered], target=redriver.target
         )
-        failed = {f["Id"] for f in answer.get("Failed") or []}
-        for i, (_, overflow) in enumerate(part):
-            if str(i) not in failed and overflow is not None:
-                overflow.unlink(missing_ok=True)
-        if failed:
-            log.warning("dead_letter_delete_failed", extra={"queue": url, "failed": len(failed)})
-
-
-async def _release(client: Any, url: str | None, handles: list[str]) -> None:
-    for start in range(0, len(handles), 10):
-        part = handles[start : start + 10]
-        await client.change_message_visibility_batch(
-            QueueUrl=url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
-                for i, h in enumerate(part)
-            ],
-        )
+        stay.extend(letter for letter, key in copies if key not in delivered)
+    await source.release(stay)

@@ -21,7 +21,7 @@ from functools import partial
 import anyio
 from anyio.abc import TaskGroup
 
-from fanout.delivery.lane import ShardDispatch
+from fanout.delivery import ShardDispatch
 from fanout.errors import FanoutError, SourceError, StreamNotFound
 from fanout.observe.metrics import GET_RECORDS_OUTCOMES
 from fanout.progress.store import Checkpoint, CheckpointRow

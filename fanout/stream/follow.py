@@ -18,7 +18,7 @@ from typing import TypeVar
 from anyio.abc import TaskGroup
 
 from fanout.config import StreamConfig
-from fanout.delivery.lane import Route
+from fanout.delivery import Route
 from fanout.errors import FanoutError, ServiceError, StreamNotFound, Throttled
 from fanout.observe.metrics import Metrics
 from fanout.progress.store import CheckpointRow, CheckpointStore

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from anyio.abc import TaskGroup
 
 from fanout.config import StreamConfig
-from fanout.delivery.lane import Route
+from fanout.delivery import Route
 from fanout.observe.metrics import Metrics
 from fanout.progress.store import CheckpointStore
 from fanout.progress.writer import CheckpointWriter

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import orjson
 import pytest
 
+from fanout.aws.clients import AwsClients
+from fanout.delivery.deadletter import Letter
 from fanout.delivery.deadletter.sqs import (
     OVERFLOW_KEY,
     SQS_MAX_MESSAGE_BYTES,
@@ -15,6 +19,13 @@ from fanout.errors import DeadLetterError
 from tests.unit.test_sqs_dlq import make_entries
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def aws() -> AsyncIterator[AwsClients]:
+    clients = AwsClients()
+    yield clients
+    await clients.aclose()
 
 
 def receive_all(sqs_client, url: str) -> list[str]:
@@ -29,10 +40,14 @@ def receive_all(sqs_client, url: str) -> list[str]:
             sqs_client.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
 
-async def test_entries_arrive_whole_in_the_queue(moto_server, sqs_queue, sqs_client, tmp_path):
+async def test_entries_arrive_whole_in_the_queue(moto_server, sqs_queue, sqs_client, tmp_path, aws):
     url = sqs_queue()
     dl = SqsDeadLetter(
-        url, region="us-east-1", endpoint_url=moto_server.endpoint_url, overflow_dir=tmp_path
+        url,
+        clients=aws,
+        region="us-east-1",
+        endpoint_url=moto_server.endpoint_url,
+        overflow_dir=tmp_path,
     )
     entries = make_entries(25, pad=2000)
     try:
@@ -46,11 +61,15 @@ async def test_entries_arrive_whole_in_the_queue(moto_server, sqs_queue, sqs_cli
 
 
 async def test_an_oversized_entry_goes_through_the_overflow_path(
-    moto_server, sqs_queue, sqs_client, tmp_path
+    moto_server, sqs_queue, sqs_client, tmp_path, aws
 ):
     url = sqs_queue(MaximumMessageSize="2048")  # the queue's own, lower, limit
     dl = SqsDeadLetter(
-        url, region="us-east-1", endpoint_url=moto_server.endpoint_url, overflow_dir=tmp_path / "o"
+        url,
+        clients=aws,
+        region="us-east-1",
+        endpoint_url=moto_server.endpoint_url,
+        overflow_dir=tmp_path / "o",
     )
     small = make_entries(1)[0]
     big = make_entries(2, pad=50_000)[1]
@@ -73,11 +92,15 @@ async def test_an_oversized_entry_goes_through_the_overflow_path(
 
 
 async def test_an_entry_larger_than_the_sqs_limit_is_never_truncated(
-    moto_server, sqs_queue, sqs_client, tmp_path
+    moto_server, sqs_queue, sqs_client, tmp_path, aws
 ):
     url = sqs_queue()
     dl = SqsDeadLetter(
-        url, region="us-east-1", endpoint_url=moto_server.endpoint_url, overflow_dir=tmp_path
+        url,
+        clients=aws,
+        region="us-east-1",
+        endpoint_url=moto_server.endpoint_url,
+        overflow_dir=tmp_path,
     )
     huge = make_entries(1, pad=SQS_MAX_MESSAGE_BYTES + 10)[0]
     try:
@@ -89,13 +112,62 @@ async def test_an_entry_larger_than_the_sqs_limit_is_never_truncated(
     assert load_body(body)[0] == huge
 
 
-async def test_a_missing_queue_fails_the_write(moto_server, tmp_path):
+async def test_a_missing_queue_fails_the_write(moto_server, tmp_path, aws):
     url = f"{moto_server.endpoint_url}/000000000000/no-such-queue"
     dl = SqsDeadLetter(
-        url, region="us-east-1", endpoint_url=moto_server.endpoint_url, overflow_dir=tmp_path
+        url,
+        clients=aws,
+        region="us-east-1",
+        endpoint_url=moto_server.endpoint_url,
+        overflow_dir=tmp_path,
     )
     try:
         with pytest.raises(DeadLetterError):
             await dl.write(make_entries(1))
     finally:
         await dl.aclose()
+
+
+async def read_all(dl: SqsDeadLetter) -> list[Letter]:
+    letters: list[Letter] = []
+    async for batch in dl.read():
+        assert len(batch) <= 10
+        letters.extend(batch)
+    return letters
+
+
+def seq(letter: Letter) -> str:
+    assert letter.entry is not None
+    return str(letter.entry["sequence_number"])
+
+
+async def test_entries_are_read_back_whole_then_acknowledged_or_released(
+    moto_server, sqs_queue, tmp_path, aws
+):
+    url = sqs_queue(MaximumMessageSize="2048")
+    dl = SqsDeadLetter(
+        url,
+        clients=aws,
+        region="us-east-1",
+        endpoint_url=moto_server.endpoint_url,
+        overflow_dir=tmp_path / "o",
+    )
+    small = make_entries(12)
+    big = make_entries(13, pad=50_000)[12]
+    await dl.write([*small, big])
+    (overflow,) = (tmp_path / "o").iterdir()
+
+    letters = sorted(await read_all(dl), key=seq)
+    assert [letter.entry for letter in letters] == [*small, big]
+    assert await dl.approximate_counts() == (0, 13)  # received: hidden from other readers
+
+    done = [letters[0], letters[12]]
+    await dl.acknowledge(done, target="audit")
+    assert not overflow.exists()  # the overflow file goes with its message
+    await dl.release(letters[1:12])
+    assert await dl.approximate_counts() == (11, 0)
+
+    again = sorted(await read_all(dl), key=seq)
+    assert [letter.entry for letter in again] == small[1:]
+    await dl.acknowledge(again, target="audit")
+    assert await read_all(dl) == []

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 
 from fanout.config import DeadLetterConfig, RetryConfig, SinkConfig
-from fanout.delivery.lane import Lane, Route, ShardDispatch, open_lane
+from fanout.delivery import Lane, Route, ShardDispatch, SinkGate, open_lane
 from fanout.errors import DeadLetterError
 from fanout.observe.metrics import Metrics
 from fanout.progress.tracker import ShardProgress
@@ -147,6 +147,39 @@ class MemoryDeadLetter:
         return [e["sequence_number"] for e in self.entries]
 
 
+class FakeClock:
+    """Monotonic time that passes only when ``run`` (or ``advance``) moves it.
+
+    ``sleep`` waits until the clock reaches its deadline, so a task can never see less time
+    pass than it slept, and nothing happens "sooner" by accident of scheduling.
+    """
+
+    def __init__(self, step: float = 0.25) -> None:
+        self.now = 0.0
+        self.step = step
+        self._ticked = anyio.Event()
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        wake = self.now + seconds
+        while self.now < wake:
+            await self._ticked.wait()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        ticked, self._ticked = self._ticked, anyio.Event()
+        ticked.set()
+
+    async def run(self) -> None:
+        """Advance by ``step`` whenever the other tasks had a few turns; runs until cancelled."""
+        while True:
+            for _ in range(10):
+                await anyio.lowlevel.checkpoint()
+            self.advance(self.step)
+
+
 def sink_config(**options: Any) -> SinkConfig:
     retry = RetryConfig(**options.pop("retry", {}))
     return SinkConfig(type="fake", retry=retry, dead_letter=DeadLetterConfig(), **options)
@@ -158,16 +191,24 @@ def make_route(
     *,
     metrics: Metrics | None = None,
     predicate: Callable[[Record], bool] | None = None,
+    clock: FakeClock | None = None,
     **options: Any,
 ) -> Route:
-    """A route with a zero-wait backoff whose sleeps land in ``sink.events``."""
+    """A route with a zero-wait backoff whose sleeps land in ``sink.events``.
+
+    With a ``clock``, backoff sleeps and the gate's pauses (``retry_after``) pass its time.
+    """
     events = sink.events
 
     async def sleep(seconds: float) -> None:
         events.log.append(("sleep", seconds))
-        await anyio.lowlevel.checkpoint()
+        if clock is not None:
+            await clock.sleep(seconds)
+        else:
+            await anyio.lowlevel.checkpoint()
 
     config = sink_config(**options)
+    gate = None if clock is None else SinkGate(config.max_in_flight, clock=clock, sleep=clock.sleep)
     return Route(
         name=sink.name,
         sink=sink,
@@ -176,11 +217,12 @@ def make_route(
         dead_letter=dead_letter if dead_letter is not None else MemoryDeadLetter(),
         backoff=RetryPolicy(config.retry.initial_backoff, config.retry.max_backoff, sleep=sleep),
         metrics=metrics or Metrics(),
+        gate=gate,
     )
 
 
-def progress() -> ShardProgress:
-    return ShardProgress("orders", ARN, SHARD, None)
+def progress(shard: str = SHARD) -> ShardProgress:
+    return ShardProgress("orders", ARN, shard, None)
 
 
 async def run_pages(

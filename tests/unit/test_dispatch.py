@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import anyio
 import pytest
 
+from fanout.delivery import KeyedLane, Lane, ShardDispatch
 from fanout.delivery.deadletter import PartialDeadLetterError
-from fanout.delivery.lane import KeyedLane, Lane, ShardDispatch
 from fanout.observe.metrics import Metrics
 from fanout.progress.tracker import ShardProgress
 from fanout.records import Record, deserialize_image

@@ -145,6 +145,20 @@ async def test_inspect_counts_per_sink_and_error_class(tmp_path, capsys):
     assert "Boom: 2" in text
 
 
+def test_a_sink_destination_cannot_be_read_back(tmp_path, capsys):
+    cfg = config(tmp_path)
+    text = cfg.read_text().replace(
+        "batch_size: 4\n", "batch_size: 4\n    dead_letter: {type: sink, sink: spare}\n"
+    )
+    cfg.write_text(text)
+    code = main(["dlq", "redrive", "--config", str(cfg), "--sink", "audit"])
+    assert code == 2
+    assert "dead-letters into sink 'spare'; read them from there" in capsys.readouterr().err
+    code, summary = run_cli(capsys, "dlq", "inspect", "--config", str(cfg), "--json")
+    assert code == 0
+    assert summary[0]["destination"] == "sink:spare"
+
+
 def test_unknown_sink_is_a_usage_error(tmp_path, capsys):
     cfg = config(tmp_path)
     code = main(["dlq", "redrive", "--config", str(cfg), "--sink", "nope"])

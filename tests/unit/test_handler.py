@@ -6,8 +6,8 @@ from typing import Any
 import anyio
 import pytest
 
+from fanout.delivery import Lane, Route
 from fanout.delivery.deadletter import FileDeadLetter
-from fanout.delivery.lane import Lane, Route
 from fanout.errors import ConfigError
 from fanout.observe.metrics import Metrics
 from fanout.progress.tracker import ShardProgress

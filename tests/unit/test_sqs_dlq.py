@@ -1,4 +1,4 @@
-"""SqsDeadLetter's batching, partial failures and overflow, against a scripted client."""
+"""SqsDeadLetter's batching, partial failures, overflow and reading back, against a fake queue."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ from typing import Any
 import orjson
 import pytest
 
-from fanout.delivery.deadletter import PartialDeadLetterError, entry
+from fanout.aws.clients import AwsClients
+from fanout.config import build_config
+from fanout.delivery.deadletter import Letter, PartialDeadLetterError, entry
 from fanout.delivery.deadletter.sqs import OVERFLOW_KEY, SqsDeadLetter, load_body
 from fanout.errors import DeadLetterError
 from fanout.retry import RetryPolicy, no_wait
 from tests.unit.delivery_fakes import ARN, SHARD, rec
+from tests.unit.sqs_fakes import FakeSession, FakeSqs, fake_clients
 
 
 def make_entries(n: int, pad: int = 0) -> list[dict[str, Any]]:
@@ -37,42 +40,17 @@ def make_entries(n: int, pad: int = 0) -> list[dict[str, Any]]:
     return result
 
 
-class FakeSqs:
-    """Answers SendMessageBatch from a script: a list of per-call functions."""
-
-    def __init__(self, script=None) -> None:
-        self.calls: list[list[dict[str, Any]]] = []
-        self.stored: list[str] = []
-        self.script = list(script or [])
-
-    async def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]):
-        self.calls.append(Entries)
-        assert len(Entries) <= 10
-        rule = self.script.pop(0) if self.script else (lambda e: None)
-        failed = []
-        for item in Entries:
-            code = rule(item)
-            if code is None:
-                self.stored.append(item["MessageBody"])
-            else:
-                failed.append(
-                    {"Id": item["Id"], "Code": code[0], "SenderFault": code[1], "Message": "x"}
-                )
-        return {"Successful": [], "Failed": failed}
-
-
 def dead_letter(
     tmp_path, fake: FakeSqs, limit: int = 1_048_576, fifo: bool = False
 ) -> SqsDeadLetter:
     url = "http://127.0.0.1:1/000000000000/dlq" + (".fifo" if fifo else "")
-    dl = SqsDeadLetter(
+    return SqsDeadLetter(
         url,
+        clients=fake_clients(fake),
         overflow_dir=tmp_path / "overflow",
         max_message_bytes=limit,
         backoff=RetryPolicy(0, 0, sleep=no_wait),
     )
-    dl._client = fake
-    return dl
 
 
 async def test_entries_are_sent_in_batches_of_at_most_ten_and_arrive_whole(tmp_path):
@@ -172,3 +150,85 @@ def test_a_pointer_whose_file_changed_is_refused(tmp_path):
     body = orjson.dumps({OVERFLOW_KEY: {"path": str(path), "sha256": "0" * 64}})
     with pytest.raises(DeadLetterError):
         load_body(body)
+
+
+# -- reading back ------------------------------------------------------------------------------
+
+
+async def read_all(dl: SqsDeadLetter) -> list[Letter]:
+    letters: list[Letter] = []
+    async for batch in dl.read():
+        assert len(batch) <= 10
+        letters.extend(batch)
+    return letters
+
+
+async def test_entries_are_read_back_whole_then_acknowledged_or_released(tmp_path):
+    fake = FakeSqs()
+    dl = dead_letter(tmp_path, fake, limit=4096)
+    entries = [*make_entries(12), make_entries(1, pad=10_000)[0]]
+    entries[-1]["sequence_number"] = "big"
+    await dl.write(entries)
+    (overflow,) = (tmp_path / "overflow").iterdir()
+
+    letters = await read_all(dl)
+    assert [letter.entry for letter in letters] == entries
+    assert not any(letter.acknowledged for letter in letters)
+    assert len(fake.hidden) == 13  # received: hidden from other readers meanwhile
+
+    await dl.acknowledge([letters[0], letters[-1]], target="audit")
+    assert len(fake.deleted) == 2
+    assert not overflow.exists()  # the whole entry goes with its pointer message
+    await dl.release(letters[1:-1])
+    assert not fake.hidden
+
+    again = await read_all(dl)
+    assert [letter.entry for letter in again] == entries[1:-1]
+
+
+async def test_an_unreadable_message_is_read_as_a_letter_without_entry(tmp_path):
+    fake = FakeSqs()
+    dl = dead_letter(tmp_path, fake)
+    await dl.write(make_entries(1))
+    missing = orjson.dumps({OVERFLOW_KEY: {"path": str(tmp_path / "gone.json"), "sha256": "0"}})
+    fake.messages["m-bad"] = {"MessageId": "m-bad", "ReceiptHandle": "r-bad", "Body": missing}
+    letters = await read_all(dl)
+    assert letters[0].entry is not None
+    assert letters[1].entry is None
+    assert "gone.json" in letters[1].error
+    await dl.release(letters[1:])
+    assert fake.hidden == {"m1"}
+
+
+async def test_reads_and_writes_share_the_process_client_with_the_configured_endpoint(
+    tmp_path,
+):
+    fake = FakeSqs()
+    session = FakeSession(fake)
+    clients = AwsClients(session=session)
+    config = build_config(
+        {
+            "streams": {"orders": {"table": "Orders"}},
+            "checkpoints": {"path": str(tmp_path / "fanout.db")},
+            "sinks": {
+                name: {
+                    "type": "stdout",
+                    "dead_letter": {
+                        "type": "sqs",
+                        "queue_url": "http://127.0.0.1:1/000000000000/dlq",
+                        "region": "eu-west-1",
+                        "endpoint_url": "http://127.0.0.1:1",
+                    },
+                }
+                for name in ("audit", "search")
+            },
+        }
+    )
+    audit = SqsDeadLetter.for_sink(config, "audit", clients)
+    search = SqsDeadLetter.for_sink(config, "search", clients)
+    assert audit.overflow_dir == tmp_path / "dlq-overflow"
+    await audit.write(make_entries(2))
+    await search.write(make_entries(1))
+    assert len(await read_all(audit)) == 3
+    assert session.created == [("sqs", "eu-west-1", "http://127.0.0.1:1")]  # one client
+    await clients.aclose()

@@ -4,11 +4,18 @@ Every destination implements ``DeadLetter``: ``write(entries)`` returns only onc
 is stored durably, otherwise it raises ``DeadLetterError`` and the records stay unsettled
 (their shard does not advance). A destination that stored some entries before failing
 raises ``PartialDeadLetterError`` naming the rest, so a retry does not store the others twice.
+
+Destinations that can give their entries back (file, SQS) also implement
+``ReadableDeadLetter``: ``read()`` yields them as ``Letter``s, ``acknowledge`` marks letters
+as redriven so later reads skip them, ``release`` leaves the others for the next reader. That
+is what ``fanout dlq inspect|redrive`` uses, with the classes the worker writes with.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fanout.errors import DeadLetterError
@@ -37,6 +44,57 @@ class DeadLetter(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """One entry read back from a destination.
+
+    Attributes:
+        entry: the entry; None when what was stored cannot be read (``error`` says why).
+        error: why it cannot be read.
+        acknowledged: it was acknowledged (redriven) before; only destinations that keep
+            acknowledged entries (files) return these.
+        handle: what the destination needs to acknowledge or release it (its own business).
+    """
+
+    entry: Entry | None
+    error: str = ""
+    acknowledged: bool = False
+    handle: object = None
+
+
+class ReadableDeadLetter(DeadLetter, Protocol):
+    """A destination whose entries can be read back, acknowledged and released.
+
+    A reader ``read()``s letters, then for each either ``acknowledge``s it (it was dealt
+    with: later reads skip it) or ``release``s it (it stays for the next reader).
+    """
+
+    @property
+    def location(self) -> str:
+        """Where the entries are: a file path or a queue URL."""
+        ...
+
+    def read(self) -> AsyncIterator[list[Letter]]:
+        """Every stored letter, once, in batches.
+
+        Raises:
+            DeadLetterError: the destination cannot be read.
+        """
+        ...
+
+    async def acknowledge(self, letters: list[Letter], *, target: str) -> None:
+        """Mark ``letters`` as redriven (to the sink ``target``): later reads skip them.
+
+        Raises:
+            DeadLetterError: the destination cannot be written.
+        """
+        ...
+
+    async def release(self, letters: list[Letter]) -> None:
+        """Leave ``letters`` where they are, for the next reader."""
         ...
 
 

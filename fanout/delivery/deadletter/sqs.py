@@ -1,17 +1,21 @@
 """The ``sqs`` dead-letter destination: one SQS message per entry, oversized ones by pointer.
 
-Entries are sent with SendMessageBatch: at most 10 a call and at most the queue's maximum
-message size (its ``MaximumMessageSize`` attribute; 1 MiB, the SQS limit, by default) for a
-message and for the sum of a batch. An entry whose JSON is larger than that, or that SQS
-refuses as a sender fault (e.g. characters SQS does not accept), is written whole to a file
-in ``overflow_dir`` (fsynced) and a small pointer message names that file; nothing is ever
-truncated. Entries a batch call reports as failed for a server fault are retried alone, a few
-times with backoff; what still fails raises ``DeadLetterError`` (``PartialDeadLetterError``
-when others were stored), so the records stay unsettled.
+Entries are sent with ``fanout.aws.sqs.SqsQueue`` (SendMessageBatch: at most 10 a call and at
+most the queue's maximum message size, its ``MaximumMessageSize`` attribute, 1 MiB at most,
+for a message and for the sum of a batch). An entry whose JSON is larger than that, or that
+SQS refuses as a sender fault (e.g. characters SQS does not accept), is written whole to a
+file in ``overflow_dir`` (fsynced) and a small pointer message names that file; nothing is
+ever truncated. Entries a batch call reports as failed for a server fault are retried alone,
+a few times with backoff; what still fails raises ``DeadLetterError``
+(``PartialDeadLetterError`` when others were stored), so the records stay unsettled.
 
 Message bodies are the entry's JSON (``fanout.dlq.entry``). A pointer message is the entry
 without its ``record`` plus ``{"fanout_overflow": {"path", "bytes", "sha256"}}``;
 ``load_body`` turns either back into the whole entry.
+
+Reading (``fanout dlq``): ``read`` receives messages (hidden from other readers meanwhile),
+``acknowledge`` deletes a message and its overflow file, ``release`` makes it visible again.
+The SQS client is the process's shared one (``AwsClients``), for the worker and the CLI alike.
 """
 
 from __future__ import annotations
@@ -21,33 +25,50 @@ import logging
 import os
 import re
 import uuid
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import anyio
 import anyio.to_thread
 import orjson
-from botocore.exceptions import BotoCoreError, ClientError
 
-from fanout.delivery.deadletter import Entry, PartialDeadLetterError, entry_key
+from fanout.aws.sqs import (
+    SQS_MAX_MESSAGE_BYTES,
+    TRANSPORT_ERRORS,
+    CallTrouble,
+    Message,
+    SendFailure,
+    SqsQueue,
+)
+from fanout.delivery.deadletter.base import Entry, Letter, PartialDeadLetterError, entry_key
 from fanout.errors import DeadLetterError
 from fanout.retry import RetryPolicy
 
+if TYPE_CHECKING:
+    from fanout.aws.clients import AwsClients
+    from fanout.config import Config
+
 log = logging.getLogger("fanout.dlq.sqs")
 
-SQS_MAX_MESSAGE_BYTES = 1_048_576
-"""The SQS limit for one message and for the sum of one SendMessageBatch (1 MiB)."""
-SQS_MAX_BATCH_ENTRIES = 10
+__all__ = ["OVERFLOW_KEY", "SQS_MAX_MESSAGE_BYTES", "SqsDeadLetter", "load_body", "overflow_dir"]
+
 OVERFLOW_KEY = "fanout_overflow"
 _POINTER_TEXT_LIMIT = 1024  # long error messages are cut in the pointer only (whole in the file)
-_TRANSPORT_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_VISIBILITY_S = 300  # a redrive has this long to deliver a received message before it reappears
+_RECEIVE_WAIT_S = 1
+_PEEK_ROUNDS = 5
 
 
 def _safe(text: object) -> str:
     return _UNSAFE.sub("_", str(text))[:80] or "_"
+
+
+def overflow_dir(config: Config) -> Path:
+    """Where entries too large for a message are kept: ``dlq-overflow/`` next to the
+    checkpoint database."""
+    return Path(config.settings.checkpoints.path).parent / "dlq-overflow"
 
 
 def load_body(body: str | bytes) -> tuple[Entry, Path | None]:
@@ -87,6 +108,7 @@ class SqsDeadLetter:
 
     Args:
         queue_url: the queue.
+        clients: the process's AWS clients (the SQS client comes from there).
         region: its region (default: from the environment).
         endpoint_url: another endpoint, e.g. a local emulator.
         overflow_dir: where entries too large for a message are written.
@@ -99,6 +121,7 @@ class SqsDeadLetter:
         self,
         queue_url: str,
         *,
+        clients: AwsClients,
         region: str | None = None,
         endpoint_url: str | None = None,
         overflow_dir: str | Path,
@@ -107,6 +130,7 @@ class SqsDeadLetter:
         backoff: RetryPolicy | None = None,
     ) -> None:
         self.queue_url = queue_url
+        self.clients = clients
         self.region = region
         self.endpoint_url = endpoint_url
         self.overflow_dir = Path(overflow_dir)
@@ -114,57 +138,68 @@ class SqsDeadLetter:
         self.fifo = queue_url.endswith(".fifo")
         self.attempts = max(1, attempts)
         self.backoff = backoff or RetryPolicy(0.2, 5.0)
-        self._configured_limit = max_message_bytes
-        self._limit = max_message_bytes or SQS_MAX_MESSAGE_BYTES
-        self._stack: AsyncExitStack | None = None
-        self._client: Any = None
+        self._max_message_bytes = max_message_bytes
+        self._queue: SqsQueue | None = None
         self._open_lock = anyio.Lock()
+
+    @classmethod
+    def for_sink(cls, config: Config, sink: str, clients: AwsClients) -> SqsDeadLetter:
+        """The destination of ``sink``'s ``dead_letter`` (type sqs) in ``config``."""
+        dl = config.sinks[sink].dead_letter
+        if not dl.queue_url:
+            raise DeadLetterError(f"sink {sink!r} has no dead_letter.queue_url")
+        return cls(
+            dl.queue_url,
+            clients=clients,
+            region=dl.region,
+            endpoint_url=dl.endpoint_url,
+            overflow_dir=overflow_dir(config),
+        )
+
+    @property
+    def location(self) -> str:
+        """The queue URL."""
+        return self.queue_url
 
     @property
     def limit(self) -> int:
         """The largest message body sent, in bytes."""
-        return self._limit
+        if self._queue is not None:
+            return self._queue.limit
+        return min(SQS_MAX_MESSAGE_BYTES, self._max_message_bytes or SQS_MAX_MESSAGE_BYTES)
 
-    async def _sqs(self) -> Any:
+    async def _open(self) -> SqsQueue:
+        """The queue, its client and its size limit (looked up on first use).
+
+        Raises:
+            DeadLetterError: the client cannot be made or the queue cannot be reached.
+        """
         async with self._open_lock:
-            if self._client is not None:
-                return self._client
-            from aiobotocore.config import AioConfig
-            from aiobotocore.session import get_session
-
-            stack = AsyncExitStack()
-            try:
-                client = await stack.enter_async_context(
-                    get_session().create_client(
-                        "sqs",
-                        region_name=self.region,
-                        endpoint_url=self.endpoint_url,
-                        config=AioConfig(
-                            retries={"mode": "standard", "max_attempts": 3},
-                            connect_timeout=5,
-                            read_timeout=30,
-                        ),
+            if self._queue is None:
+                try:
+                    client = await self.clients.client(
+                        "sqs", region=self.region, endpoint_url=self.endpoint_url
                     )
+                except TRANSPORT_ERRORS as exc:
+                    raise DeadLetterError(f"dead-letter queue {self.queue_url}: {exc}") from exc
+                self._queue = SqsQueue(
+                    client,
+                    self.queue_url,
+                    max_message_bytes=self._max_message_bytes,
+                    attempts=self.attempts,
+                    retry=self.backoff,
+                    on_trouble=self._log_trouble,
                 )
-                answer = await client.get_queue_attributes(
-                    QueueUrl=self.queue_url, AttributeNames=["MaximumMessageSize"]
-                )
-            except _TRANSPORT_ERRORS as exc:
-                await stack.aclose()
-                raise DeadLetterError(f"dead-letter queue {self.queue_url}: {exc}") from exc
-            queue_limit = int(answer.get("Attributes", {}).get("MaximumMessageSize", 0) or 0)
-            limits = [SQS_MAX_MESSAGE_BYTES, queue_limit or SQS_MAX_MESSAGE_BYTES]
-            if self._configured_limit:
-                limits.append(self._configured_limit)
-            self._limit = min(limits)
-            self._stack, self._client = stack, client
-            return client
+            queue = self._queue
+        try:
+            await queue.message_limit()
+        except TRANSPORT_ERRORS as exc:
+            raise DeadLetterError(f"dead-letter queue {self.queue_url}: {exc}") from exc
+        return queue
 
     async def aclose(self) -> None:
-        """Close the SQS client."""
-        stack, self._stack, self._client = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
+        """Nothing to release: the client belongs to ``clients``, closed by its owner."""
+        return None
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -177,101 +212,162 @@ class SqsDeadLetter:
         """
         if not entries:
             return
-        client = await self._sqs()
-        items: list[tuple[Entry, bytes]] = []
+        queue = await self._open()
+        bodies: list[bytes] = []
         for item in entries:
             body = orjson.dumps(item)
-            if len(body) > self._limit:
+            if len(body) > queue.limit:
                 body = await self._overflow(item, body, "larger than the message size limit")
-            items.append((item, body))
-        unsent: list[tuple[Entry, bytes]] = []
-        last_error = ""
-        for batch in self._batches(items):
-            failed, error = await self._send(client, batch)
-            unsent.extend(failed)
-            last_error = error or last_error
+            bodies.append(body)
+        failures = await queue.send(
+            [self._message(e, b) for e, b in zip(entries, bodies, strict=True)]
+        )
+        unsent = {f.index: f for f in failures}
+        refused = [f for f in failures if f.sender_fault]
+        if refused:
+            # The messages themselves were refused (size, characters): keep those entries
+            # whole in files and send pointers instead.
+            pointers: list[Message] = []
+            for failure in refused:
+                item = entries[failure.index]
+                body = await self._overflow(item, orjson.dumps(item), str(failure))
+                pointers.append(self._message(item, body))
+            for failure in refused:
+                del unsent[failure.index]
+            for again in await queue.send(pointers):
+                index = refused[again.index].index
+                unsent[index] = SendFailure(index, again.code, again.message, again.sender_fault)
         if not unsent:
             return
+        last = unsent[max(unsent)]
         message = (
             f"dead-letter queue {self.queue_url}: {len(unsent)} of {len(entries)} entries "
-            f"not stored: {last_error}"
+            f"not stored: {last}"
         )
         if len(unsent) == len(entries):
             raise DeadLetterError(message)
-        raise PartialDeadLetterError(message, [item for item, _ in unsent])
+        raise PartialDeadLetterError(message, [entries[i] for i in sorted(unsent)])
 
-    def _batches(self, items: list[tuple[Entry, bytes]]) -> list[list[tuple[Entry, bytes]]]:
-        batches: list[list[tuple[Entry, bytes]]] = []
-        current: list[tuple[Entry, bytes]] = []
-        size = 0
-        for item in items:
-            length = len(item[1])
-            if current and (len(current) == SQS_MAX_BATCH_ENTRIES or size + length > self._limit):
-                batches.append(current)
-                current, size = [], 0
-            current.append(item)
-            size += length
-        if current:
-            batches.append(current)
-        return batches
-
-    def _message(self, index: int, item: Entry, body: bytes) -> dict[str, Any]:
-        message: dict[str, Any] = {"Id": str(index), "MessageBody": body.decode()}
-        if self.fifo:
-            key = entry_key(item)
-            message["MessageGroupId"] = _safe(f"{item.get('sink')}-{item.get('shard_id')}")
-            message["MessageDeduplicationId"] = hashlib.sha256(
+    def _message(self, item: Entry, body: bytes) -> Message:
+        if not self.fifo:
+            return Message(body)
+        key = entry_key(item)
+        return Message(
+            body,
+            group_id=_safe(f"{item.get('sink')}-{item.get('shard_id')}"),
+            deduplication_id=hashlib.sha256(
                 f"{key}|{item.get('dead_lettered_at')}".encode()
-            ).hexdigest()
-        return message
+            ).hexdigest(),
+        )
 
-    async def _send(
-        self, client: Any, batch: list[tuple[Entry, bytes]]
-    ) -> tuple[list[tuple[Entry, bytes]], str]:
-        """Send one batch; retry what fails. Returns what could not be stored, and why."""
-        pending = batch
-        error = ""
-        overflowed: set[int] = set()
-        for attempt in range(1, self.attempts + 1):
-            if attempt > 1:
-                await self.backoff.wait(attempt - 1)
-            try:
-                answer = await client.send_message_batch(
-                    QueueUrl=self.queue_url,
-                    Entries=[self._message(i, e, b) for i, (e, b) in enumerate(pending)],
-                )
-            except _TRANSPORT_ERRORS as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "dead_letter_queue_call_failed",
-                    extra={"queue": self.queue_url, "entries": len(pending), "error": error},
-                )
-                continue
-            failed = answer.get("Failed") or []
-            if not failed:
-                return [], ""
-            retry: list[tuple[Entry, bytes]] = []
-            for failure in failed:
-                item, body = pending[int(failure["Id"])]
-                error = f"{failure.get('Code')}: {failure.get('Message', '')}"
-                if failure.get("SenderFault") and id(item) not in overflowed:
-                    # The message itself was refused (size, characters): keep it whole in
-                    # a file and send a pointer instead.
-                    body = await self._overflow(item, orjson.dumps(item), error)
-                    overflowed.add(id(item))
-                retry.append((item, body))
+    def _log_trouble(self, trouble: CallTrouble) -> None:
+        if trouble.raised:
             log.warning(
-                "dead_letter_queue_entries_failed",
-                extra={
-                    "queue": self.queue_url,
-                    "failed": len(failed),
-                    "entries": len(pending),
-                    "error": error,
-                    "attempt": attempt,
-                },
+                "dead_letter_queue_call_failed",
+                extra={"queue": self.queue_url, "entries": trouble.entries, "error": trouble.error},
             )
-            pending = retry
-        return pending, error
+            return
+        log.warning(
+            "dead_letter_queue_entries_failed",
+            extra={
+                "queue": self.queue_url,
+                "failed": trouble.failed,
+                "entries": trouble.entries,
+                "error": trouble.error,
+                "attempt": trouble.attempt,
+            },
+        )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def read(self) -> AsyncIterator[list[Letter]]:
+        """Receive every message once, in batches of up to 10, each hidden from other readers
+        for 5 minutes unless acknowledged (deleted) or released first.
+
+        Raises:
+            DeadLetterError: the queue cannot be read.
+        """
+        queue = await self._open()
+        seen: set[str] = set()
+        while True:
+            try:
+                got = await queue.receive(visibility_s=_VISIBILITY_S, wait_s=_RECEIVE_WAIT_S)
+            except TRANSPORT_ERRORS as exc:
+                raise DeadLetterError(f"dead-letter queue {self.queue_url}: {exc}") from exc
+            fresh = [m for m in got if m["MessageId"] not in seen]
+            if not fresh:
+                return
+            letters: list[Letter] = []
+            for message in fresh:
+                seen.add(message["MessageId"])
+                try:
+                    item, overflow = load_body(message["Body"])
+                except DeadLetterError as exc:
+                    letters.append(Letter(None, str(exc), handle=_Received(message, None)))
+                    continue
+                letters.append(Letter(item, handle=_Received(message, overflow)))
+            yield letters
+
+    async def acknowledge(self, letters: list[Letter], *, target: str = "") -> None:
+        """Delete the messages of ``letters`` and then their overflow files."""
+        received = [_received(letter) for letter in letters]
+        if not received:
+            return
+        queue = await self._open()
+        try:
+            failed = await queue.delete([r.receipt_handle for r in received])
+        except TRANSPORT_ERRORS as exc:
+            raise DeadLetterError(f"dead-letter queue {self.queue_url}: {exc}") from exc
+        for position, r in enumerate(received):
+            if position not in failed and r.overflow is not None:
+                r.overflow.unlink(missing_ok=True)
+        if failed:
+            log.warning(
+                "dead_letter_delete_failed", extra={"queue": self.queue_url, "failed": len(failed)}
+            )
+
+    async def release(self, letters: list[Letter]) -> None:
+        """Make the messages of ``letters`` visible again at once."""
+        handles = [_received(letter).receipt_handle for letter in letters]
+        if not handles:
+            return
+        queue = await self._open()
+        try:
+            await queue.release(handles)
+        except TRANSPORT_ERRORS as exc:
+            raise DeadLetterError(f"dead-letter queue {self.queue_url}: {exc}") from exc
+
+    async def approximate_counts(self) -> tuple[int, int]:
+        """About how many messages are visible, and how many are being read."""
+        queue = await self._open()
+        try:
+            return await queue.approximate_counts()
+        except TRANSPORT_ERRORS as exc:
+            raise DeadLetterError(f"dead-letter queue {self.queue_url}: {exc}") from exc
+
+    async def peek(self) -> list[Entry]:
+        """A sample of the queue's entries as sent (a pointer message stays a pointer), left
+        where they are (received with visibility 0)."""
+        queue = await self._open()
+        seen: set[str] = set()
+        sample: list[Entry] = []
+        for _ in range(_PEEK_ROUNDS):
+            try:
+                got = await queue.receive(visibility_s=0, wait_s=0)
+            except TRANSPORT_ERRORS as exc:
+                raise DeadLetterError(f"dead-letter queue {self.queue_url}: {exc}") from exc
+            fresh = [m for m in got if m["MessageId"] not in seen]
+            if not fresh:
+                break
+            for message in fresh:
+                seen.add(message["MessageId"])
+                try:
+                    item = orjson.loads(message["Body"])
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(item, dict):
+                    sample.append(item)
+        return sample
 
     # -- overflow -----------------------------------------------------------------------------
 
@@ -312,7 +408,7 @@ class SqsDeadLetter:
             "reason": why,
         }
         body = orjson.dumps(pointer)
-        if len(body) > self._limit:  # keep only what identifies the record
+        if len(body) > self.limit:  # keep only what identifies the record
             keys = ("sink", "stream_arn", "shard_id", "sequence_number", OVERFLOW_KEY)
             body = orjson.dumps({k: pointer.get(k) for k in keys})
         log.warning(
@@ -328,3 +424,20 @@ class SqsDeadLetter:
             },
         )
         return body
+
+
+class _Received:
+    """What acknowledging or releasing one received message needs."""
+
+    __slots__ = ("overflow", "receipt_handle")
+
+    def __init__(self, message: dict[str, Any], overflow: Path | None) -> None:
+        self.receipt_handle: str = message["ReceiptHandle"]
+        self.overflow = overflow
+
+
+def _received(letter: Letter) -> _Received:
+    handle = letter.handle
+    if not isinstance(handle, _Received):
+        raise TypeError("not a letter read from an SQS dead-letter queue")
+    return handle

@@ -1,0 +1,124 @@
+"""Routing the pages of one shard: through each sink's filter to its lane, tracked by a ticket.
+
+Malformed records (no ``dynamodb.Keys`` or ``SequenceNumber``) cannot be delivered: they are
+set aside, written to every routed sink's dead-letter destination with the reason, before
+their page can settle; the other records of the page go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fanout.delivery.giveup import DeadLetterWriter
+from fanout.delivery.lane import close_all, open_lane, run_all
+from fanout.delivery.route import Route
+from fanout.delivery.telemetry import LaneTelemetry
+from fanout.observe.metrics import Metrics
+from fanout.progress.tracker import ShardProgress
+from fanout.records import Record
+
+log = logging.getLogger("fanout.dispatch")
+
+MALFORMED_RECORD = "MalformedRecord"
+"""The error class stored with dead-lettered malformed records."""
+
+
+def malformed(record: Any) -> str | None:
+    """Why ``record`` cannot be delivered (no ``dynamodb.Keys`` or ``SequenceNumber``), or None."""
+    if not isinstance(record, dict):
+        return f"record is a {type(record).__name__}, not an object"
+    ddb = record.get("dynamodb")
+    if not isinstance(ddb, dict):
+        return "record has no 'dynamodb' object"
+    seq = ddb.get("SequenceNumber")
+    if not isinstance(seq, str) or not seq:
+        return "record has no dynamodb.SequenceNumber"
+    keys = ddb.get("Keys")
+    if not isinstance(keys, dict) or not keys:
+        return "record has no dynamodb.Keys"
+    return None
+
+
+def _all_well_formed(records: list[Record]) -> bool:
+    """The hot path's one cheap check per record: ``dynamodb.Keys`` and ``SequenceNumber``."""
+    try:
+        for record in records:
+            ddb = record["dynamodb"]
+            if not (ddb["Keys"] and ddb["SequenceNumber"]):
+                return False
+    except (KeyError, TypeError):
+        return False
+    return True
+
+
+class ShardDispatch:
+    """Routes each page of one shard to its sinks' lanes and tracks it with a ticket."""
+
+    def __init__(self, progress: ShardProgress, routes: list[Route], metrics: Metrics) -> None:
+        self.progress = progress
+        self.routes = routes
+        self.lanes = [open_lane(route, progress) for route in routes]
+        stream = progress.stream_name
+        self._filtered = [
+            metrics.sink_records.labels(stream, route.name, "filtered") for route in routes
+        ]
+
+    async def submit(self, records: list[Record], last_seq: str) -> None:
+        """Hand a page to every sink. ``records`` may be fewer than the page (skipped ones);
+        ``last_seq`` is the page's last sequence number, settled once all are delivered.
+
+        Malformed records are written to every routed sink's dead-letter destination, with
+        the reason, before the page can settle; the others go on.
+        """
+        ticket = self.progress.open(last_seq)
+        if not _all_well_formed(records):
+            records = await self._set_aside_malformed(records)
+        for route, lane, filtered in zip(self.routes, self.lanes, self._filtered, strict=True):
+            predicate = route.predicate
+            matched = records if predicate is None else [r for r in records if predicate(r)]
+            if len(matched) != len(records):
+                filtered.inc(len(records) - len(matched))
+            if matched:
+                ticket.pending += len(matched)
+                await lane.put(ticket, matched)
+        ticket.settle(1)  # release the reader's hold
+
+    async def _set_aside_malformed(self, records: list[Record]) -> list[Record]:
+        good: list[Record] = []
+        bad: list[tuple[Record, str]] = []
+        for record in records:
+            reason = malformed(record)
+            if reason is None:
+                good.append(record)
+            else:
+                bad.append((record, reason))
+        now = time.time()
+        progress = self.progress
+        for route in self.routes:
+            telemetry = LaneTelemetry(route, progress)
+            writer = DeadLetterWriter(route, progress, telemetry)
+            for record, reason in bad:
+                log.error("record_malformed", extra=telemetry.fields(record, reason=reason))
+            entries = [
+                writer.entry(
+                    record,
+                    error_class=MALFORMED_RECORD,
+                    message=reason,
+                    attempts=0,
+                    first_failure_at=now,
+                    last_failure_at=now,
+                )
+                for record, reason in bad
+            ]
+            await writer.write(entries)
+        return good
+
+    def close(self) -> None:
+        """No more pages will come; the lanes return once drained."""
+        close_all(self.lanes)
+
+    async def run(self) -> None:
+        """Run every lane until closed and drained."""
+        await run_all(self.lanes)
