@@ -16,7 +16,7 @@ the process is wedged. ``/readyz`` answers 200 only while the worker is doing it
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -26,7 +26,6 @@ from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from fanout.errors import FanoutError
-from fanout.progress.store import Checkpoint
 
 
 class StreamView(Protocol):
@@ -47,7 +46,7 @@ class StreamView(Protocol):
 class Probed(Protocol):
     """What readiness needs to know of one store."""
 
-    async def load(self, stream_arn: str) -> dict[str, Checkpoint]: ...
+    async def load(self, stream_arn: str) -> Mapping[str, object]: ...
 
 
 class ReadinessView(Protocol):

@@ -27,7 +27,7 @@ from fanout.testing.streamserver.errors import (
 
 if TYPE_CHECKING:
     from fanout.testing.streamserver.model import Shard, Stream, Table
-    from fanout.testing.streamserver.server import StreamServer
+    from fanout.testing.streamserver.state import ServerState
 
 STREAMS_TARGET = "DynamoDBStreams_20120810."
 DYNAMODB_TARGET = "DynamoDB_20120810."
@@ -126,7 +126,7 @@ class Operations:
     """The operations over a server's tables and streams (the same dicts the server fills)."""
 
     def __init__(
-        self, server: StreamServer, tables: Mapping[str, Table], streams: Mapping[str, Stream]
+        self, server: ServerState, tables: Mapping[str, Table], streams: Mapping[str, Stream]
     ) -> None:
         self._server = server
         self._tables = tables

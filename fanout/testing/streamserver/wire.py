@@ -24,7 +24,7 @@ from fanout.testing.streamserver.operations import DYNAMODB_TARGET, parse_iterat
 if TYPE_CHECKING:
     from fanout.testing.streamserver.faults import Fault
     from fanout.testing.streamserver.operations import Operation, Operations
-    from fanout.testing.streamserver.server import StreamServer
+    from fanout.testing.streamserver.state import ServerState
 
 JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
 
@@ -67,7 +67,7 @@ class Wire:
 
     def __init__(
         self,
-        server: StreamServer,
+        server: ServerState,
         operations: Operations,
         faults: FaultScript,
         lock: threading.RLock,
