@@ -53,7 +53,7 @@ def test_throughput_scenario_reads_every_record_and_writes_results(tmp_path: Pat
 def _git(*args: str) -> str:
     done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        pytest.skip(f"needs a git checkout: git {' '.join(args)}: {done.stderr.strip()}")
+        pytest.fail(f"needs a git checkout: git {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout.strip()
 
 
