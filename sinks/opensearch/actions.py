@@ -79,6 +79,13 @@ class Planner:
         self._rename = dict(config.rename)
         self._whole = self._include is None and not self._exclude and not self._rename
         self._key_templates: dict[tuple[str, ...], Template] = {}
+        # Attributes that place a document; an item whose place only depends on its keys
+        # (the usual case) can never move.
+        self._placing = frozenset().union(
+            self.index.names,
+            self._document_id.names if self._document_id is not None else (),
+            self._routing.names if self._routing is not None else (),
+        )
 
     def place(self, keys: Mapping[str, Any], image: Mapping[str, Any] | None) -> Place:
         """Where an item's document lives, from its keys and an image.
@@ -156,7 +163,7 @@ class Planner:
                 "NEW_AND_OLD_IMAGES"
             )
         here = self.place(keys, new)
-        if old:
+        if old and not self._placing <= keys.keys():
             try:
                 before = self.place(keys, old)
             except RecordError:
