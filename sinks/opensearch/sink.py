@@ -89,7 +89,9 @@ class OpenSearchSink:
         if self.planner.index.static and self.indexes.needed:
             try:
                 await self.indexes.prepare(self.config.index)
-            except (aiohttp.ClientConnectionError, TimeoutError, SinkUnavailable) as exc:
+            except (aiohttp.ClientError, TimeoutError, SinkUnavailable, OpenSearchError) as exc:
+                if isinstance(exc, OpenSearchError) and 0 < exc.status < 500:
+                    raise  # refused (credentials, settings): a configuration error
                 # A cluster that is down must not keep the worker (and its other sinks) from
                 # starting: the index is prepared before the first bulk request instead.
                 self.log.warning(

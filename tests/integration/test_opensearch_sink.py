@@ -424,6 +424,20 @@ async def test_an_unreachable_cluster_does_not_stop_the_start_and_sends_raise(ma
     assert metric(context, "fanout_opensearch_bulk_requests_total", outcome="failed") == 0
 
 
+async def test_a_cluster_failing_at_start_only_delays_preparing_the_index(server, make):
+    original = server._put_index
+
+    def broken(name, body):
+        raise RuntimeError("boom")  # the server answers 500
+
+    server._put_index = broken
+    sink, _ = await make()
+    assert server.indexes() == []
+    server._put_index = original
+    assert await sink.send([put("a", BASE + 1, 1)]) == {}
+    assert server.settings("orders")["index.gc_deletes"] == "86400s"
+
+
 async def test_a_cluster_refusing_the_index_fails_the_start(server, make):
     with pytest.raises(OpenSearchError, match="400 illegal_argument_exception"):
         await make(index_settings={"index.number_of_shards": "many"})
