@@ -1,4 +1,4 @@
-"""Built-in sinks: ``handler``, ``file`` and ``stdout``.
+"""Built-in sinks: ``handler``, ``file``, ``stdout`` and ``opensearch`` (a package).
 
 Each module holds a sink's config model (a ``fanout.config.SinkConfig`` subclass), the sink
 and a ``fanout.sink.SinkType``. They are registered in ``pyproject.toml`` under the

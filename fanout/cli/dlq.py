@@ -325,7 +325,8 @@ class Redriver:
         self.config = cfg.model_copy(update={"retry": retry, "parallelization_factor": 1})
         entry = config.sink_type(target)
         self.metrics = Metrics()
-        self.sink = entry.build(target, cfg, SinkContext.standalone(target, metrics=self.metrics))
+        self.context = SinkContext.standalone(target, metrics=self.metrics)
+        self.sink = entry.build(target, cfg, self.context)
         self.target = target
         self.backoff = RetryPolicy(retry.initial_backoff, retry.max_backoff)
         self.collector = _Collector()
@@ -335,7 +336,11 @@ class Redriver:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.sink.stop()
+        try:
+            await self.sink.stop()
+        finally:
+            # The context's HTTP session and AWS clients are the redrive's to close.
+            await self.context.aclose()
 
     async def deliver(self, items: list[Entry]) -> list[bool]:
         """Deliver the records of ``items`` (in order); True for each that went through."""

@@ -12,6 +12,7 @@ import importlib
 import io
 import shutil
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from fanout.config import SinkConfig
 from fanout.records import Record
 from fanout.sink import Failure, Failures, SinkContext, SinkRegistry, SinkType
 from fanout.testing.contract import CHECKS, ContractTarget, NotApplicable
+from fanout.testing.searchserver import SearchServer, ServerThread
 from tests.contract import contract_handlers
 
 # -- a sink type defined only in this test, found through its own entry point ------------
@@ -171,10 +173,45 @@ def _probe_target(
     )
 
 
+# The opensearch target's stand-in cluster, one for the module (each target gets an index).
+_SEARCH: list[SearchServer] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def search_server() -> Iterator[SearchServer]:
+    with ServerThread(SearchServer(username="contract", password="s3cret")) as server:
+        server.refuse(lambda doc: "poison" in doc)
+        _SEARCH.append(server)
+        yield server
+        _SEARCH.remove(server)
+
+
+def _opensearch_target(
+    sink_type: SinkType[Any], tmp_path: Path, mp: pytest.MonkeyPatch
+) -> ContractTarget:
+    server = _SEARCH[0]
+    auth = {"type": "basic", "username": "contract", "password": "s3cret"}
+    options: dict[str, Any] = {
+        "type": "opensearch",
+        "endpoint": server.url,
+        "index": f"contract-{uuid.uuid4().hex[:12]}",
+        "document_id": "{pk}#{sk}",
+        "auth": auth,
+    }
+    return ContractTarget(
+        sink_type,
+        options,
+        server.event_ids,
+        broken_options={**options, "auth": {**auth, "password": "wrong"}},
+        poison=_poisoned,
+    )
+
+
 TARGETS: dict[str, Callable[[SinkType[Any], Path, pytest.MonkeyPatch], ContractTarget]] = {
     "file": _file_target,
     "stdout": _stdout_target,
     "handler": _handler_target,
+    "opensearch": _opensearch_target,
     PROBE: _probe_target,
 }
 

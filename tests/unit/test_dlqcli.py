@@ -171,3 +171,14 @@ async def anyio_run(fn: Callable[..., T], *args: Any) -> T:
     import anyio.to_thread
 
     return await anyio.to_thread.run_sync(lambda: fn(*args))
+
+
+async def test_redrive_closes_the_clients_its_sink_used(tmp_path):
+    from fanout.cli.dlq import Redriver
+    from fanout.config import load_config
+
+    redriver = Redriver(load_config(config(tmp_path)), "audit", 1)
+    async with redriver:
+        redriver.context.http.session()  # as an HTTP sink does
+        assert redriver.context.http.opened
+    assert not redriver.context.http.opened
