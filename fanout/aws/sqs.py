@@ -11,7 +11,11 @@ whole (throttling, 5xx, the network), are retried alone with backoff a few times
 reported.
 
 Errors of calls that are not retried here (the size lookup, receive, delete, release) are
-raised as they come (``TRANSPORT_ERRORS``); callers map them to their own errors.
+raised as they come (``TRANSPORT_ERRORS``); callers map them to their own errors. One
+exception: when ``sqs:GetQueueAttributes`` is denied, the size lookup falls back to the SQS
+limit (or ``max_message_bytes``) and logs ``sqs_queue_size_unknown``, so a policy that
+allows only ``sqs:SendMessage`` still sends; a queue with a lower ``MaximumMessageSize`` then
+refuses larger messages itself (a sender fault).
 """
 
 from __future__ import annotations
@@ -210,9 +214,23 @@ class SqsQueue:
             return self._limit
         async with self._lock:
             if not self._looked_up:
-                answer = await self.client.get_queue_attributes(
-                    QueueUrl=self.url, AttributeNames=["MaximumMessageSize"]
-                )
+                try:
+                    answer = await self.client.get_queue_attributes(
+                        QueueUrl=self.url, AttributeNames=["MaximumMessageSize"]
+                    )
+                except ClientError as exc:
+                    if not _access_denied(exc):
+                        raise
+                    log.warning(
+                        "sqs_queue_size_unknown",
+                        extra={
+                            "queue": self.url,
+                            "error": str(exc),
+                            "limit": self._limit,
+                            "note": "sqs:GetQueueAttributes is denied; assuming the limit",
+                        },
+                    )
+                    answer = {}
                 attributes = answer.get("Attributes", {})
                 queue_limit = int(attributes.get("MaximumMessageSize", 0) or 0)
                 limits = [SQS_MAX_MESSAGE_BYTES, queue_limit or SQS_MAX_MESSAGE_BYTES]
@@ -356,6 +374,13 @@ class SqsQueue:
             int(attributes.get("ApproximateNumberOfMessages", 0)),
             int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
         )
+
+
+def _access_denied(exc: ClientError) -> bool:
+    """The caller may not make the call (``AccessDenied``, ``AccessDeniedException``, or the
+    query protocol's ``AWS.SimpleQueueService.AccessDenied``...)."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return "AccessDenied" in code
 
 
 def _entry(position: int, message: Message) -> dict[str, Any]:
