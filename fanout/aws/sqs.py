@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import aiohttp
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from fanout.retry import RetryPolicy
 
@@ -37,8 +38,16 @@ SQS_MAX_MESSAGE_BYTES = 1_048_576
 """The SQS limit for one message and for the sum of one SendMessageBatch (1 MiB)."""
 SQS_MAX_BATCH_ENTRIES = 10
 """Entries of one SendMessageBatch, DeleteMessageBatch or ChangeMessageVisibilityBatch."""
-TRANSPORT_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
-"""What a call to SQS raises when it fails."""
+TRANSPORT_ERRORS = (
+    ClientError,
+    BotoCoreError,
+    ResponseParserError,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+)
+"""What a call to SQS raises when it fails (an answer botocore cannot parse, such as a
+proxy's HTML error page, too)."""
 
 
 class SqsApi(Protocol):

@@ -27,27 +27,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import aiohttp
 import orjson
-from botocore.exceptions import BotoCoreError, ClientError
-from botocore.parsers import ResponseParserError
+from botocore.exceptions import ClientError
 from pydantic import Field, field_validator, model_validator
 
+from fanout.aws.sqs import TRANSPORT_ERRORS
 from fanout.config import Model, SinkConfig
 from fanout.records import Record, plain_image
 from fanout.sink import Failure, Failures, SinkContext
 from sinks.notify.format import BodyFormat, check_fields, check_template, table_name
 
-# What a call raises when it fails; an answer botocore cannot parse (a proxy's HTML error
-# page) is one too.
-TRANSPORT_ERRORS = (
-    ClientError,
-    BotoCoreError,
-    ResponseParserError,
-    aiohttp.ClientError,
-    OSError,
-    TimeoutError,
-)
 MAX_BATCH_ENTRIES = 10
 """Entries of one PublishBatch, SendMessageBatch or PutEvents call."""
 
@@ -464,8 +453,7 @@ class AwsNotifySink:
             if 0 in alone:
                 answer[position] = alone[0]
                 if self.ordered and alone[0].retryable:
-                    answer.update((later, alone[0]) for later in range(position + 1, len(entries)))
-                    break
+                    break  # the rest waits behind it (send() holds it back)
         return answer
 
     def _first_retryable(self, refused: dict[int, Refusal]) -> int | None:

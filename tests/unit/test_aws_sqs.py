@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from botocore.exceptions import ClientError
+from botocore.parsers import ResponseParserError
 
 from fanout.aws.sqs import (
     SQS_MAX_MESSAGE_BYTES,
@@ -122,6 +123,18 @@ async def test_a_call_that_fails_as_a_whole_is_retried_then_every_message_report
     ]
     assert [t.attempt for t in troubles] == [1, 2, 3, 4]
     assert all(t.raised for t in troubles)
+
+
+async def test_an_answer_that_cannot_be_parsed_is_a_failed_call():
+    class Garbled(FakeSqs):
+        async def send_message_batch(self, QueueUrl, Entries):
+            self.calls.append(Entries)
+            raise ResponseParserError("Unable to parse response: <html>502 Bad Gateway")
+
+    fake = Garbled()
+    failures = await queue(fake, attempts=2).send([Message("a")])
+    assert len(fake.calls) == 2
+    assert [(f.code, f.sender_fault) for f in failures] == [("ResponseParserError", False)]
 
 
 async def test_retries_wait_with_the_retry_policy():

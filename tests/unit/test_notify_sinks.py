@@ -278,6 +278,18 @@ async def test_a_call_refused_for_validation_is_made_again_entry_by_entry():
     assert not failures[1].retryable
 
 
+async def test_entry_by_entry_a_fifo_sink_stops_at_a_retryable_refusal():
+    sns = FakeSns(client_error("InvalidParameter"), lambda e, p: None, client_error("Throttling"))
+    async with started(SNS, FIFO_SNS, sns=sns) as sink:
+        failures = await sink.send(make_records(3))
+        assert failure_count(sink, "Throttling") == 1  # the record held back is not counted
+    assert [len(c) for c in sns.calls] == [3, 1, 1]  # the third is not sent alone
+    assert sorted(failures) == [1, 2]
+    assert failures[1].reason == "Throttling: Throttling!"
+    assert failures[2].retryable
+    assert failures[2].reason.startswith("not sent")
+
+
 async def test_a_throttled_call_fails_its_entries_and_stops_the_batch():
     sns = FakeSns(client_error("Throttling", 400))
     async with started(SNS, SNS_OPTIONS, sns=sns) as sink:
