@@ -1,6 +1,7 @@
-"""What the ``sns``, ``sqs`` and ``eventbridge`` sinks share: their options, the claim check
-to S3 for records too large for one message, and one ``send`` that splits a batch into calls
-within the service's limits and turns per-entry answers into per-record outcomes.
+"""What the ``sns``, ``sqs`` and ``eventbridge`` sinks share: the claim check to S3 for
+records too large for one message, message attributes and FIFO ids, and one ``send`` that
+splits a batch into calls within the service's limits and turns per-entry answers into
+per-record outcomes (their options are in ``sinks.notify.config``).
 
 Outcomes, the same for the three services:
 
@@ -25,17 +26,16 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import orjson
 from botocore.exceptions import ClientError
-from pydantic import Field, field_validator, model_validator
 
 from fanout.aws.sqs import TRANSPORT_ERRORS
-from fanout.config import Model, SinkConfig
 from fanout.records import Record, plain_image
 from fanout.sink import Failure, Failures, SinkContext
-from sinks.notify.format import BodyFormat, check_fields, check_template, table_name
+from sinks.notify.config import AwsNotifyConfig, LargeMessagesConfig, MessageConfig
+from sinks.notify.format import TextTemplate, fifo_id, key_text, table_name
 
 MAX_BATCH_ENTRIES = 10
 """Entries of one PublishBatch, SendMessageBatch or PutEvents call."""
@@ -82,111 +82,6 @@ _VALIDATION_CODES = frozenset(
 def transient(code: str) -> bool:
     """True for an error code that means the same request may succeed later."""
     return code in _TRANSIENT_CODES
-
-
-class FormatConfig(SinkConfig):
-    """The body options every notification sink has."""
-
-    format: Literal["raw", "plain", "template"] = Field(
-        "plain",
-        description="raw (the Lambda record), plain ({eventName, table, keys, new, old} as "
-        "plain JSON) or template (the fields of `template`).",
-    )
-    template: dict[str, str] | None = Field(
-        None,
-        description="format template: output field -> path (e.g. {id: keys.pk, status: "
-        "new.status}); fields without a value are left out.",
-    )
-
-    @field_validator("template")
-    @classmethod
-    def _template(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is not None:
-            check_fields(value)
-        return value
-
-    @model_validator(mode="after")
-    def _template_needed(self) -> FormatConfig:
-        if self.format == "template" and not self.template:
-            raise ValueError("format template needs 'template'")
-        if self.format != "template" and self.template:
-            raise ValueError("'template' is only used with format: template")
-        return self
-
-    def body_format(self) -> BodyFormat:
-        return BodyFormat(self.format, self.template)
-
-
-class LargeMessagesConfig(Model):
-    """Where the bodies of records too large for one message go (the claim check)."""
-
-    bucket: str = Field(description="S3 bucket the bodies are put to.")
-    prefix: str = Field("", description="Key prefix; objects are <prefix><sink>/<eventID>.json.")
-    region: str | None = Field(None, description="The bucket's region; default: the sink's.")
-    endpoint_url: str | None = Field(None, description="Another S3 endpoint (tests, emulators).")
-
-
-class AwsNotifyConfig(FormatConfig):
-    """Options of the AWS notification sinks."""
-
-    region: str | None = Field(
-        None,
-        description="AWS region; default: from the destination's ARN or URL, else the environment.",
-    )
-    endpoint_url: str | None = Field(None, description="Another endpoint (tests, emulators).")
-    max_message_bytes: int | None = Field(
-        None, ge=1024, description="A lower message size limit than the destination's."
-    )
-    large_messages: LargeMessagesConfig | None = Field(
-        None,
-        description="Put bodies too large for one message to S3 and send a pointer; "
-        "default: such records fail permanently (dead-letter destination).",
-    )
-
-
-_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
-DEFAULT_ATTRIBUTES = {"eventName": "{eventName}", "table": "{table}"}
-
-
-class MessageConfig(AwsNotifyConfig):
-    """Options of the sinks that send messages (SNS, SQS): attributes and FIFO ids."""
-
-    attributes: dict[str, str] = Field(
-        default_factory=lambda: dict(DEFAULT_ATTRIBUTES),
-        description="Message attributes (String) name -> template, for subscription filters; "
-        "one rendering empty is left out. Default: eventName and table.",
-    )
-    group_id: str | None = Field(
-        None,
-        description="FIFO only: MessageGroupId template, e.g. '{keys.pk}'; default: the "
-        "item's key attributes joined by '#'.",
-    )
-
-    @field_validator("attributes")
-    @classmethod
-    def _attributes(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > 10:
-            raise ValueError("at most 10 message attributes")
-        for name, template in value.items():
-            lowered = name.lower()
-            if (
-                not _ATTRIBUTE_NAME.match(name)
-                or lowered.startswith(("aws.", "amazon."))
-                or name.startswith(".")
-                or name.endswith(".")
-                or ".." in name
-            ):
-                raise ValueError(f"{name!r} is not a valid message attribute name")
-            try:
-                check_template(template)
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
-        return value
-
-    @field_validator("group_id")
-    @classmethod
-    def _group_id(cls, value: str | None) -> str | None:
-        return None if value is None else check_template(value)
 
 
 # -- outcomes ------------------------------------------------------------------------------
@@ -309,6 +204,37 @@ class ClaimCheck:
             "keys": plain_image(record.get("dynamodb", {}).get("Keys") or {}),
         }
         return orjson.dumps(pointer, default=str)
+
+
+# -- message attributes and FIFO ids (SNS, SQS) -----------------------------------------
+
+
+class MessageParts:
+    """Attributes and FIFO ids of a record's message (shared with the ``sns`` sink)."""
+
+    def __init__(self, config: MessageConfig, fifo: bool) -> None:
+        self.fifo = fifo
+        self.attributes = [(name, TextTemplate(t)) for name, t in config.attributes.items()]
+        self.group = TextTemplate(config.group_id) if config.group_id else None
+
+    def message_attributes(self, record: Record) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        for name, template in self.attributes:
+            value = template.render(record)
+            if value:
+                found[name] = {"DataType": "String", "StringValue": value}
+        return found
+
+    def group_id(self, record: Record) -> str | None:
+        if not self.fifo:
+            return None
+        text = self.group.render(record) if self.group is not None else ""
+        return fifo_id(text or key_text(record))
+
+    def deduplication_id(self, record: Record) -> str | None:
+        if not self.fifo:
+            return None
+        return fifo_id(str(record.get("eventID", "")) or key_text(record))
 
 
 # -- the sink ------------------------------------------------------------------------------

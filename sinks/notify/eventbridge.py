@@ -18,13 +18,8 @@ from pydantic import Field, field_validator
 
 from fanout.records import Record, approximate_creation_time
 from fanout.sink import SinkContext, SinkType
-from sinks.notify.common import (
-    AwsNotifyConfig,
-    AwsNotifySink,
-    Refusal,
-    RenderError,
-    region_from_arn,
-)
+from sinks.notify.common import AwsNotifySink, Refusal, RenderError, region_from_arn
+from sinks.notify.config import AwsNotifyConfig
 from sinks.notify.format import TextTemplate, check_template
 
 EVENTBRIDGE_MAX_ENTRY_BYTES = 262_144

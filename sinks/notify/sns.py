@@ -17,8 +17,8 @@ from pydantic import Field
 
 from fanout.records import Record
 from fanout.sink import SinkContext, SinkType
-from sinks.notify.common import AwsNotifySink, MessageConfig, Refusal, region_from_arn, transient
-from sinks.notify.sqs import MessageParts
+from sinks.notify.common import AwsNotifySink, MessageParts, Refusal, region_from_arn, transient
+from sinks.notify.config import MessageConfig
 
 SNS_MAX_MESSAGE_BYTES = 262_144
 """SNS's default limit for one message and for the sum of one PublishBatch (256 KiB)."""

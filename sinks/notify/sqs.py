@@ -18,8 +18,8 @@ from pydantic import Field
 from fanout.aws.sqs import Message, SqsQueue
 from fanout.records import Record
 from fanout.sink import SinkContext, SinkType
-from sinks.notify.common import AwsNotifySink, MessageConfig, Refusal
-from sinks.notify.format import TextTemplate, fifo_id, key_text
+from sinks.notify.common import AwsNotifySink, MessageParts, Refusal
+from sinks.notify.config import MessageConfig
 
 
 class SqsSinkConfig(MessageConfig):
@@ -29,42 +29,14 @@ class SqsSinkConfig(MessageConfig):
     queue_url: str = Field(description="The queue; a name ending in .fifo is a FIFO queue.")
 
 
-_REGION_IN_URL = re.compile(r"^https://(?:sqs\.)?([a-z0-9-]+)\.(?:queue\.)?amazonaws\.com")
+_REGION_IN_URL = re.compile(r"^https://(?:sqs\.([a-z0-9-]+)|([a-z0-9-]+)\.queue)\.amazonaws\.com")
 
 
 def region_from_url(url: str) -> str | None:
     """The region of ``https://sqs.REGION.amazonaws.com/...`` (and the legacy
     ``https://REGION.queue.amazonaws.com/...``)."""
     match = _REGION_IN_URL.match(url)
-    return match.group(1) if match else None
-
-
-class MessageParts:
-    """Attributes and FIFO ids of a record's message (shared with the ``sns`` sink)."""
-
-    def __init__(self, config: MessageConfig, fifo: bool) -> None:
-        self.fifo = fifo
-        self.attributes = [(name, TextTemplate(t)) for name, t in config.attributes.items()]
-        self.group = TextTemplate(config.group_id) if config.group_id else None
-
-    def message_attributes(self, record: Record) -> dict[str, dict[str, str]]:
-        found: dict[str, dict[str, str]] = {}
-        for name, template in self.attributes:
-            value = template.render(record)
-            if value:
-                found[name] = {"DataType": "String", "StringValue": value}
-        return found
-
-    def group_id(self, record: Record) -> str | None:
-        if not self.fifo:
-            return None
-        text = self.group.render(record) if self.group is not None else ""
-        return fifo_id(text or key_text(record))
-
-    def deduplication_id(self, record: Record) -> str | None:
-        if not self.fifo:
-            return None
-        return fifo_id(str(record.get("eventID", "")) or key_text(record))
+    return (match.group(1) or match.group(2)) if match else None
 
 
 class SqsSink(AwsNotifySink):

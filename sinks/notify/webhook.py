@@ -34,7 +34,7 @@ from fanout.config import Duration
 from fanout.errors import ConfigError
 from fanout.records import Record, dumps_plain
 from fanout.sink import Failure, Failures, SinkContext, SinkType
-from sinks.notify.common import FormatConfig
+from sinks.notify.config import FormatConfig
 from sinks.notify.format import batch_id
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret

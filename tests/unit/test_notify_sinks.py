@@ -415,3 +415,15 @@ async def test_failures_are_logged_without_bodies(caplog: pytest.LogCaptureFixtu
     assert line.__dict__["codes"] == {"Throttled": 2}
     for r in caplog.records:
         assert "do-not-log-me" not in r.getMessage() + repr(r.__dict__)
+
+
+def test_the_region_comes_from_the_queue_url_or_the_arn():
+    from sinks.notify.common import region_from_arn
+    from sinks.notify.sqs import region_from_url
+
+    assert region_from_url("https://sqs.eu-west-1.amazonaws.com/123/orders.fifo") == "eu-west-1"
+    assert region_from_url("https://ap-south-1.queue.amazonaws.com/123/q") == "ap-south-1"
+    assert region_from_url("https://queue.amazonaws.com/123/q") is None
+    assert region_from_url("http://127.0.0.1:5000/123/q") is None
+    assert region_from_arn("arn:aws:sns:eu-west-1:123:orders") == "eu-west-1"
+    assert region_from_arn("orders") is None

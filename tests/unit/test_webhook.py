@@ -51,3 +51,19 @@ def test_retry_after_is_read_as_seconds_or_a_date_and_capped():
     for unreadable in (None, "", "soon", "nan", "-3"):
         assert retry_after_seconds(unreadable) in (None, 0.0)
     assert retry_after_seconds("soon") is None
+
+
+def test_the_secret_and_credential_headers_are_masked_in_logs():
+    from fanout.config import build_config
+    from fanout.observe.logs import config_secrets
+
+    hook = {
+        "type": "webhook",
+        "url": "https://example.com/hook",
+        "secret": SPEC_SECRET,
+        "headers": {"Authorization": "Bearer tok-123", "X-Api-Key": "key-456", "X-Tenant": "t"},
+    }
+    config = build_config({"streams": {"s": {"table": "T"}}, "sinks": {"hook": hook}})
+    masked = set(config_secrets(config, env={}))
+    assert {SPEC_SECRET, "Bearer tok-123", "key-456"} <= masked
+    assert "t" not in masked
