@@ -63,3 +63,62 @@ def deserialize(value: dict[str, Any]) -> Any:
 def deserialize_image(image: dict[str, Any]) -> dict[str, Any]:
     """Decode a whole item image ({"attr": {"S": ...}, ...}) into plain values."""
     return {name: deserialize(value) for name, value in image.items()}
+
+
+# orjson writes integers of up to 64 bits; larger ones (DynamoDB numbers have up to 38
+# digits) stay Decimal and are written through orjson.Fragment, exactly as given.
+_INT64 = 2**63
+
+
+def plain_value(value: dict[str, Any]) -> Any:
+    """Decode one typed AttributeValue into a JSON-ready value, for sinks that send JSON.
+
+    Unlike ``deserialize``: numbers are ``int`` when integral and within 64 bits, otherwise
+    ``decimal.Decimal`` (never float, so nothing is rounded); sets become lists in wire
+    order; binary values stay base64 text as on the wire. ``dumps_plain`` writes the
+    result with every number exact.
+    """
+    ((tag, inner),) = value.items()
+    if tag == "S" or tag == "B":
+        return inner
+    if tag == "N":
+        return _number(inner)
+    if tag == "BOOL":
+        return bool(inner)
+    if tag == "NULL":
+        return None
+    if tag == "M":
+        return {k: plain_value(v) for k, v in inner.items()}
+    if tag == "L":
+        return [plain_value(v) for v in inner]
+    if tag == "SS" or tag == "BS":
+        return list(inner)
+    if tag == "NS":
+        return [_number(n) for n in inner]
+    raise ValueError(f"unknown AttributeValue type {tag!r}")
+
+
+def plain_image(image: dict[str, Any]) -> dict[str, Any]:
+    """``plain_value`` of every attribute of an item image."""
+    return {name: plain_value(value) for name, value in image.items()}
+
+
+def _number(text: str) -> int | decimal.Decimal:
+    number = decimal.Decimal(text)
+    if number == number.to_integral_value():
+        integer = int(number)
+        if -_INT64 <= integer < _INT64:
+            return integer
+    return number
+
+
+def _exact(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps_plain(value: Any) -> bytes:
+    """JSON of ``plain_value`` results (and anything orjson writes), Decimals as exact
+    numbers."""
+    return orjson.dumps(value, default=_exact)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from fanout.testing import dynamodb_local as local
@@ -224,3 +225,123 @@ def sqs_queue(request: pytest.FixtureRequest, sqs_client: Any) -> Iterator[Calla
             sqs_client.delete_queue(QueueUrl=url)
         except sqs_client.exceptions.QueueDoesNotExist:
             pass
+
+
+@pytest.fixture(scope="session")
+def sns_client(moto_server: MotoServer) -> Iterator[Any]:
+    """A sync boto3 SNS client bound to the moto server."""
+    client = _boto3_client("sns", moto_server.endpoint_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def events_client(moto_server: MotoServer) -> Iterator[Any]:
+    """A sync boto3 EventBridge client bound to the moto server."""
+    client = _boto3_client("events", moto_server.endpoint_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def s3_client(moto_server: MotoServer) -> Iterator[Any]:
+    """A sync boto3 S3 client bound to the moto server."""
+    client = _boto3_client("s3", moto_server.endpoint_url)
+    yield client
+    client.close()
+
+
+def queue_arn(sqs_client: Any, url: str) -> str:
+    """The ARN of the queue at ``url``."""
+    answer = sqs_client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return str(answer["Attributes"]["QueueArn"])
+
+
+@pytest.fixture
+def sns_topic(
+    request: pytest.FixtureRequest, sns_client: Any, sqs_client: Any
+) -> Iterator[Callable[..., str]]:
+    """Factory: ``sns_topic(fifo=False, queue_url=None, **attributes) -> topic_arn`` on the
+    moto server.
+
+    Each call creates a uniquely named topic (``.fifo`` with FifoTopic=true when `fifo`);
+    with `queue_url`, that queue is subscribed with raw message delivery (the message body
+    and attributes arrive as published). Topics are deleted afterwards.
+    """
+    created: list[str] = []
+
+    def make(*, fifo: bool = False, queue_url: str | None = None, **attributes: str) -> str:
+        name = unique_name(request, "t", limit=70)
+        if fifo:
+            name += ".fifo"
+            attributes = {"FifoTopic": "true", **attributes}
+        arn: str = sns_client.create_topic(Name=name, Attributes=attributes)["TopicArn"]
+        created.append(arn)
+        if queue_url is not None:
+            sns_client.subscribe(
+                TopicArn=arn,
+                Protocol="sqs",
+                Endpoint=queue_arn(sqs_client, queue_url),
+                Attributes={"RawMessageDelivery": "true"},
+            )
+        return arn
+
+    yield make
+    for arn in created:
+        sns_client.delete_topic(TopicArn=arn)
+
+
+@pytest.fixture
+def event_bus(
+    request: pytest.FixtureRequest, events_client: Any, sqs_client: Any
+) -> Iterator[Callable[..., str]]:
+    """Factory: ``event_bus(queue_url=None, source=None) -> bus_name`` on the moto server.
+
+    Each call creates a uniquely named bus; with `queue_url`, a rule matching the events of
+    `source` (every event when None) targets that queue, which then receives each event as
+    EventBridge would deliver it. Buses and rules are deleted afterwards.
+    """
+    created: list[tuple[str, str | None]] = []
+
+    def make(*, queue_url: str | None = None, source: str | None = None) -> str:
+        name = unique_name(request, "bus", limit=60)
+        events_client.create_event_bus(Name=name)
+        rule = None
+        if queue_url is not None:
+            rule = f"{name}-rule"[:64]
+            pattern = {"source": [source]} if source else {"version": ["0"]}
+            events_client.put_rule(
+                Name=rule, EventBusName=name, EventPattern=orjson.dumps(pattern).decode()
+            )
+            events_client.put_targets(
+                Rule=rule,
+                EventBusName=name,
+                Targets=[{"Id": "queue", "Arn": queue_arn(sqs_client, queue_url)}],
+            )
+        created.append((name, rule))
+        return name
+
+    yield make
+    for name, rule in created:
+        if rule is not None:
+            events_client.remove_targets(Rule=rule, EventBusName=name, Ids=["queue"])
+            events_client.delete_rule(Name=rule, EventBusName=name)
+        events_client.delete_event_bus(Name=name)
+
+
+@pytest.fixture
+def s3_bucket(request: pytest.FixtureRequest, s3_client: Any) -> Iterator[Callable[[], str]]:
+    """Factory: ``s3_bucket() -> name`` on the moto server; emptied and deleted afterwards."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = re.sub(r"[^a-z0-9-]+", "-", unique_name(request, "b", limit=60).lower())
+        s3_client.create_bucket(Bucket=name)
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        for item in s3_client.list_objects_v2(Bucket=name).get("Contents", []):
+            s3_client.delete_object(Bucket=name, Key=item["Key"])
+        s3_client.delete_bucket(Bucket=name)

@@ -11,7 +11,11 @@ whole (throttling, 5xx, the network), are retried alone with backoff a few times
 reported.
 
 Errors of calls that are not retried here (the size lookup, receive, delete, release) are
-raised as they come (``TRANSPORT_ERRORS``); callers map them to their own errors.
+raised as they come (``TRANSPORT_ERRORS``); callers map them to their own errors. One
+exception: when ``sqs:GetQueueAttributes`` is denied, the size lookup falls back to the SQS
+limit (or ``max_message_bytes``) and logs ``sqs_queue_size_unknown``, so a policy that
+allows only ``sqs:SendMessage`` still sends; a queue with a lower ``MaximumMessageSize`` then
+refuses larger messages itself (a sender fault).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any, Protocol
 import aiohttp
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from fanout.retry import RetryPolicy
 
@@ -33,8 +38,16 @@ SQS_MAX_MESSAGE_BYTES = 1_048_576
 """The SQS limit for one message and for the sum of one SendMessageBatch (1 MiB)."""
 SQS_MAX_BATCH_ENTRIES = 10
 """Entries of one SendMessageBatch, DeleteMessageBatch or ChangeMessageVisibilityBatch."""
-TRANSPORT_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
-"""What a call to SQS raises when it fails."""
+TRANSPORT_ERRORS = (
+    ClientError,
+    BotoCoreError,
+    ResponseParserError,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+)
+"""What a call to SQS raises when it fails (an answer botocore cannot parse, such as a
+proxy's HTML error page, too)."""
 
 
 class SqsApi(Protocol):
@@ -210,9 +223,23 @@ class SqsQueue:
             return self._limit
         async with self._lock:
             if not self._looked_up:
-                answer = await self.client.get_queue_attributes(
-                    QueueUrl=self.url, AttributeNames=["MaximumMessageSize"]
-                )
+                try:
+                    answer = await self.client.get_queue_attributes(
+                        QueueUrl=self.url, AttributeNames=["MaximumMessageSize"]
+                    )
+                except ClientError as exc:
+                    if not _access_denied(exc):
+                        raise
+                    log.warning(
+                        "sqs_queue_size_unknown",
+                        extra={
+                            "queue": self.url,
+                            "error": str(exc),
+                            "limit": self._limit,
+                            "note": "sqs:GetQueueAttributes is denied; assuming the limit",
+                        },
+                    )
+                    answer = {}
                 attributes = answer.get("Attributes", {})
                 queue_limit = int(attributes.get("MaximumMessageSize", 0) or 0)
                 limits = [SQS_MAX_MESSAGE_BYTES, queue_limit or SQS_MAX_MESSAGE_BYTES]
@@ -356,6 +383,13 @@ class SqsQueue:
             int(attributes.get("ApproximateNumberOfMessages", 0)),
             int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
         )
+
+
+def _access_denied(exc: ClientError) -> bool:
+    """The caller may not make the call (``AccessDenied``, ``AccessDeniedException``, or the
+    query protocol's ``AWS.SimpleQueueService.AccessDenied``...)."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return "AccessDenied" in code
 
 
 def _entry(position: int, message: Message) -> dict[str, Any]:

@@ -117,6 +117,21 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.sink_entry_failures = Counter(
+            "fanout_sink_entry_failures_total",
+            "Records a sink's destination did not take, by the destination's error code "
+            "(e.g. ThrottlingException, InvalidParameterValue, http_429, MessageTooLarge); "
+            "each is a retried or dead-lettered record.",
+            ["sink", "code"],
+            registry=r,
+        )
+        self.sink_claim_checks = Counter(
+            "fanout_sink_claim_checks_total",
+            "Records too large for one message whose body was put to S3 and sent as a "
+            "pointer (large_messages).",
+            ["sink"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "fanout_in_flight_records",
             "Record deliveries (one per record and sink it was routed to) read from the "

@@ -27,6 +27,7 @@ from fanout.sink import Failure, Failures, SinkContext, SinkRegistry, SinkType
 from fanout.testing.contract import CHECKS, ContractTarget, NotApplicable
 from fanout.testing.searchserver import SearchServer, ServerThread
 from tests.contract import contract_handlers
+from tests.contract.notify_targets import NOTIFY_TARGETS
 
 # -- a sink type defined only in this test, found through its own entry point ------------
 
@@ -215,6 +216,11 @@ TARGETS: dict[str, Callable[[SinkType[Any], Path, pytest.MonkeyPatch], ContractT
     PROBE: _probe_target,
 }
 
+# Targets that need service fixtures (moto, a local receiver): made from the test's request.
+SERVICE_TARGETS: dict[
+    str, Callable[[SinkType[Any], Path, pytest.FixtureRequest], ContractTarget]
+] = {**NOTIFY_TARGETS}
+
 # Collected from what is installed now, so a sink type added to pyproject.toml without a
 # target above is a failing test, not a missing one.
 KINDS = sorted({*SinkRegistry(), PROBE})
@@ -222,7 +228,7 @@ KINDS = sorted({*SinkRegistry(), PROBE})
 
 def test_every_sink_type_has_a_contract_target(registry: SinkRegistry) -> None:
     assert PROBE in registry
-    missing = sorted(set(registry) - set(TARGETS))
+    missing = sorted(set(registry) - set(TARGETS) - set(SERVICE_TARGETS))
     assert not missing, f"sink types without a contract target in {__file__}: {missing}"
 
 
@@ -252,8 +258,15 @@ CASES = [
 
 
 def _target(
-    kind: str, registry: SinkRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kind: str,
+    registry: SinkRegistry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> ContractTarget:
+    service = SERVICE_TARGETS.get(kind)
+    if service is not None:
+        return service(registry[kind], tmp_path, request)
     make = TARGETS.get(kind)
     if make is None:
         pytest.fail(f"sink type {kind!r} has no contract target in TARGETS")
@@ -267,8 +280,9 @@ async def test_sink_type_keeps_the_contract(
     registry: SinkRegistry,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
-    await check(_target(kind, registry, tmp_path, monkeypatch))
+    await check(_target(kind, registry, tmp_path, monkeypatch, request))
 
 
 @pytest.mark.parametrize(("kind", "name"), sorted(NOT_APPLICABLE))
@@ -278,7 +292,8 @@ async def test_checks_that_cannot_apply_say_so(
     registry: SinkRegistry,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     (check,) = [c for c in CHECKS if c.__name__ == name]
     with pytest.raises(NotApplicable):
-        await check(_target(kind, registry, tmp_path, monkeypatch))
+        await check(_target(kind, registry, tmp_path, monkeypatch, request))

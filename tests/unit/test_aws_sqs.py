@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from botocore.exceptions import ClientError
+from botocore.parsers import ResponseParserError
 
 from fanout.aws.sqs import (
     SQS_MAX_MESSAGE_BYTES,
@@ -123,6 +125,18 @@ async def test_a_call_that_fails_as_a_whole_is_retried_then_every_message_report
     assert all(t.raised for t in troubles)
 
 
+async def test_an_answer_that_cannot_be_parsed_is_a_failed_call():
+    class Garbled(FakeSqs):
+        async def send_message_batch(self, QueueUrl, Entries):
+            self.calls.append(Entries)
+            raise ResponseParserError("Unable to parse response: <html>502 Bad Gateway")
+
+    fake = Garbled()
+    failures = await queue(fake, attempts=2).send([Message("a")])
+    assert len(fake.calls) == 2
+    assert [(f.code, f.sender_fault) for f in failures] == [("ResponseParserError", False)]
+
+
 async def test_retries_wait_with_the_retry_policy():
     waits: list[float] = []
 
@@ -148,6 +162,37 @@ async def test_the_size_limit_is_the_queues_own_looked_up_once():
         await queue(FakeSqs(MaximumMessageSize="4096"), max_message_bytes=2048).message_limit()
         == 2048
     )
+
+
+class _Denied(FakeSqs):
+    def __init__(self, code: str) -> None:
+        super().__init__()
+        self.code = code
+        self.lookups = 0
+
+    async def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]):
+        self.lookups += 1
+        raise ClientError(
+            {"Error": {"Code": self.code, "Message": "not authorized"}}, "GetQueueAttributes"
+        )
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "AccessDeniedException"])
+async def test_a_denied_size_lookup_falls_back_to_the_sqs_limit_and_says_so(code, caplog):
+    fake = _Denied(code)
+    q = queue(fake)
+    assert await q.message_limit() == SQS_MAX_MESSAGE_BYTES
+    assert await q.send([Message("x")]) == []
+    assert fake.lookups == 1  # not asked again
+    (line,) = [r for r in caplog.records if r.getMessage() == "sqs_queue_size_unknown"]
+    assert line.levelname == "WARNING"
+    assert line.__dict__["limit"] == SQS_MAX_MESSAGE_BYTES
+    assert await queue(_Denied(code), max_message_bytes=4096).message_limit() == 4096
+
+
+async def test_other_size_lookup_errors_are_raised():
+    with pytest.raises(ClientError):
+        await queue(_Denied("AWS.SimpleQueueService.NonExistentQueue")).message_limit()
 
 
 async def test_received_messages_are_deleted_or_released_in_calls_of_ten():

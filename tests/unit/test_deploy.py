@@ -596,8 +596,10 @@ def test_the_iam_policy_is_least_privilege_with_a_sid_per_purpose():
         "dynamodb:GetRecords",
         "dynamodb:ListStreams",
         "sqs:SendMessage",
-        "sns:Publish",
+        "sqs:GetQueueAttributes",  # the sqs sink reads the queue's MaximumMessageSize
+        "sns:Publish",  # covers PublishBatch
         "events:PutEvents",
+        "s3:PutObject",  # the notification sinks' claim check (large_messages)
         "es:ESHttpPost",
     ):
         assert needed in everything, needed
