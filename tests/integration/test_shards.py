@@ -507,10 +507,19 @@ async def test_a_replaced_stream_is_read_to_its_end_then_followed(
         async with running(config) as run:
             await wait_delivered(first)
             COLLECTOR.delay = 0.05  # the old stream's last records are still in flight...
-            rest = [s for sh in old.shards for s in put_keys(server, sh, keys("x", 20), 2)]
+            # An item's changes are in one shard of a stream: each shard gets its own keys.
+            rest = [
+                s
+                for i, sh in enumerate(old.shards)
+                for s in put_keys(server, sh, keys(f"x{i}-", 20), 2)
+            ]
             server.disable_stream("Orders")
             new = server.add_stream("Orders", shards=2)  # ...when the new stream starts
-            fresh = [s for sh in new.shards for s in put_keys(server, sh, keys("x", 20), 3)]
+            fresh = [
+                s
+                for i, sh in enumerate(new.shards)
+                for s in put_keys(server, sh, keys(f"x{i}-", 20), 3)
+            ]
             await wait_delivered(rest + fresh)
             arn_now = run.stream.stream_arn
             rows = await run.worker.store.all()
