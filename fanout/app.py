@@ -160,7 +160,7 @@ class Worker:
             from fanout.delivery.deadletter.sqs import SqsDeadLetter
 
             return SqsDeadLetter.for_sink(self.config, name, self.aws)
-        return dead_letters.FileDeadLetter(self.config.dead_letter_path(name))
+        return dead_letters.FileDeadLetter(self.config.dead_letter_path(name), mode=dl.file_mode)
 
     def _routes(self) -> list[Route]:
         routes = []
