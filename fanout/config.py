@@ -277,7 +277,16 @@ class Settings(BaseSettings):
     checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     shutdown_grace: Duration = Field(
-        30.0, ge=0, description="Seconds in-flight batches get to finish on SIGTERM."
+        30.0,
+        ge=0,
+        description="Seconds in-flight batches get to finish on SIGTERM; the process is gone "
+        "at most 5 s later, whatever a handler does.",
+    )
+    loop_block_threshold: Duration = Field(
+        1.0,
+        gt=0,
+        description="An event loop that does not run for longer than this is reported "
+        "(event_loop_blocked, with what was running).",
     )
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
