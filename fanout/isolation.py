@@ -92,6 +92,9 @@ class _Call(Generic[T]):
             self.value = self.fn(*self.args)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, never lost
             self.error = exc
+        # What it was called with (a whole batch, say) is not kept alive by a call whose
+        # caller may be gone.
+        self.args = ()
 
 
 class Offload:
@@ -144,7 +147,7 @@ class Offload:
             raise
         self.running += 1
         try:
-            await self._wait(call, limit)
+            await self._wait(call, limit, _name(fn))
         except BaseException:
             if not call.done.is_set():
                 call.abandoned = True
@@ -154,7 +157,7 @@ class Offload:
             raise contained(call.error, f"{self.name} call {_name(fn)}")
         return call.value  # type: ignore[return-value]
 
-    async def _wait(self, call: _Call[T], limit: float | None) -> None:
+    async def _wait(self, call: _Call[T], limit: float | None, name: str) -> None:
         if limit is None:
             await call.done.wait()
             return
@@ -164,7 +167,7 @@ class Offload:
             started = call.started
             remaining = limit if started is None else started + limit - time.monotonic()
             if remaining <= 0:
-                raise CallTimeout(f"{_name(call.fn)} did not return within {limit:g}s")
+                raise CallTimeout(f"{name} did not return within {limit:g}s")
             with anyio.move_on_after(remaining):
                 await call.done.wait()
 
@@ -197,6 +200,7 @@ class Offload:
                 call.loop.call_soon_threadsafe(self._returned, call)
             except RuntimeError:  # the event loop is closed: the process is ending
                 return
+            del call  # an idle thread keeps no call (and no result) alive
             call = self._calls.get()
 
     def _returned(self, call: _Call[Any]) -> None:
