@@ -10,12 +10,13 @@ JSON):
 * worker, per call: ``{"event": {"Records": [...]}, "context": {"function_name",
   "memory_limit_in_mb", "region", "timeout"}}``; process: ``{"result": response}``,
   ``{"error": {"type", "message", "where"}}`` (the handler raised), ``{"invalid": why}``
-  (the response is not JSON) or ``{"crash": what}`` (``SystemExit`` and the like: it
-  exits after answering).
+  (the response is not JSON), ``{"crash": what}`` (``SystemExit`` and the like) or
+  ``{"out_of_memory": true}``; after the last two it exits.
 
 Anything the handler prints goes to standard error (the worker's log stream), never into
-the protocol. ``memory_limit_in_mb`` caps the process's address space; running out ends the
-process with ``EXIT_OUT_OF_MEMORY``. On Linux the process is killed when its parent dies.
+the protocol. ``memory_limit_in_mb`` caps the process's address space; running out is
+answered (with a reply made in advance) and ends the process with ``EXIT_OUT_OF_MEMORY``.
+On Linux the process is killed when its parent dies.
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ def main(argv: list[str]) -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)
+    out_of_memory = _frame({"out_of_memory": True})  # made now: later there may be no room
     try:
         return _serve(proto_in, proto_out)
     except MemoryError:
-        os._exit(EXIT_OUT_OF_MEMORY)
+        try:
+            os.write(proto_out, out_of_memory)
+        finally:
+            os._exit(EXIT_OUT_OF_MEMORY)
 
 
 def _serve(proto_in: int, proto_out: int) -> int:
@@ -176,9 +181,13 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _write(fd: int, message: dict[str, Any]) -> None:
+def _frame(message: dict[str, Any]) -> bytes:
     body = orjson.dumps(message)
-    view = memoryview(_HEADER.pack(len(body)) + body)
+    return _HEADER.pack(len(body)) + body
+
+
+def _write(fd: int, message: dict[str, Any]) -> None:
+    view = memoryview(_frame(message))
     while view:
         view = view[os.write(fd, view) :]
 

@@ -40,6 +40,8 @@ _GONE = (
 )
 # Seconds a killed process gets to be reaped before it is left to the system.
 _REAP_S = 5.0
+# Seconds a process that closed its pipes gets to exit on its own.
+_EXIT_S = 1.0
 
 
 class _Child:
@@ -68,14 +70,22 @@ class _Child:
             raise HandlerCrashed("the worker process answered garbage")
         return reply
 
-    async def kill(self) -> int | None:
+    async def kill(self, *, dying: bool = False) -> int | None:
         """SIGKILL it and reap it (shielded: this also runs on the way out of a cancelled
-        call); its exit status, if it was reaped in time."""
+        call); its exit status, if it was reaped in time.
+
+        ``dying``: it closed its pipes, so it is exiting on its own: give it a moment first,
+        since signalling an exited process reaps it behind asyncio's back (which then loses
+        its exit status).
+        """
         with anyio.CancelScope(shield=True):
-            if not self.killed:
-                self.killed = True
+            if dying:
+                with anyio.move_on_after(_EXIT_S):
+                    await self.process.wait()
+            if not self.killed and self.process.returncode is None:
                 with suppress(ProcessLookupError):
                     self.process.kill()
+            self.killed = True
             with anyio.move_on_after(_REAP_S):
                 await self.process.aclose()
         return self.process.returncode
@@ -143,6 +153,8 @@ class ProcessPool:
             InvalidResponse: the handler returned something that is not JSON.
         """
         async with self._slots:
+            if self._closed:
+                raise HandlerCrashed(f"the worker processes of sink {self.sink} are stopped")
             child = self._idle.pop() if self._idle else await self._spawn()
             keep = False
             try:
@@ -154,16 +166,16 @@ class ProcessPool:
                         f"handler {self.handler} timed out after {limit:g}s; its worker "
                         f"process (pid {child.pid}) was killed"
                     )
-                keep = "crash" not in reply
+                keep = "crash" not in reply and "out_of_memory" not in reply
             except _GONE:
-                status = await child.kill()
+                status = await child.kill(dying=True)
                 raise HandlerCrashed(self._death(child, status)) from None
             finally:
                 if keep and not self._closed:
                     self._idle.append(child)
                 else:
                     await self._discard(child)
-        return _answer(reply)
+        return self._answer(reply, child)
 
     async def stop(self) -> None:
         """Kill every worker process. Idempotent."""
@@ -197,7 +209,7 @@ class ProcessPool:
                 f"a worker process for {self.handler} did not start within {self.init_timeout:g}s"
             ) from None
         except _GONE:
-            status = await child.kill()
+            status = await child.kill(dying=True)
             self._children.discard(child)
             raise HandlerCrashed(self._death(child, status)) from None
         except BaseException:
@@ -207,6 +219,24 @@ class ProcessPool:
             await self._discard(child)
             raise LoadError(str(reply["error"]))
         return child
+
+    def _answer(self, reply: dict[str, Any], child: _Child) -> Any:
+        if "result" in reply:
+            return reply["result"]
+        if "out_of_memory" in reply:
+            raise HandlerCrashed(self._death(child, EXIT_OUT_OF_MEMORY) + "; it was replaced")
+        if "error" in reply:
+            error = reply["error"]
+            raise HandlerError(
+                f"{error.get('type')}: {error.get('message')} ({error.get('where')})"
+            )
+        if "invalid" in reply:
+            raise InvalidResponse(str(reply["invalid"]))
+        if "crash" in reply:
+            raise HandlerCrashed(
+                f"handler raised {reply['crash']}; its worker process was replaced"
+            )
+        raise HandlerCrashed(f"the worker process answered {reply!r}")
 
     def _death(self, child: _Child, status: int | None) -> str:
         what = f"the worker process of handler {self.handler} (pid {child.pid})"
@@ -219,16 +249,3 @@ class ProcessPool:
                 name = f"signal {-status}"
             return f"{what} was killed by {name}"
         return f"{what} exited with code {status}"
-
-
-def _answer(reply: dict[str, Any]) -> Any:
-    if "result" in reply:
-        return reply["result"]
-    if "error" in reply:
-        error = reply["error"]
-        raise HandlerError(f"{error.get('type')}: {error.get('message')} ({error.get('where')})")
-    if "invalid" in reply:
-        raise InvalidResponse(str(reply["invalid"]))
-    if "crash" in reply:
-        raise HandlerCrashed(f"handler raised {reply['crash']}; its worker process was replaced")
-    raise HandlerCrashed(f"the worker process answered {reply!r}")
