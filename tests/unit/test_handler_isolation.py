@@ -277,3 +277,21 @@ def test_process_isolation_checks_the_module_without_importing_it():
         HandlerSinkConfig(type="handler", handler=f"{ROGUE}:anything", isolation="process"),
         "sinks.h",
     )
+
+
+async def test_many_shards_queueing_for_few_threads_never_time_out():
+    # 40 shards' batches at once for 4 threads, each call 0.1 s under a 0.2 s timeout: the
+    # last ones wait a second for a thread, and none of that counts against them.
+    h = sink("takes_a_tenth", timeout=0.2, max_concurrency=4)
+    await h.start()
+    results: list[Any] = []
+
+    async def send() -> None:
+        results.append(await h.send([wire_record(1)]))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(40):
+            tg.start_soon(send)
+    assert results == [{}] * 40
+    assert h.threads is not None
+    assert h.threads.threads == 4

@@ -88,3 +88,7 @@ async def describes_async(event: dict[str, Any], context: Any) -> dict[str, Any]
 
 def not_json(event: dict[str, Any], context: Any) -> Any:
     return {1, 2}
+
+
+def takes_a_tenth(event: dict[str, Any], context: Any) -> None:
+    time.sleep(0.1)
