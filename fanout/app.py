@@ -5,6 +5,10 @@ Shutdown (SIGTERM/SIGINT, or ``Worker.stop()``):
   2. drain: lanes deliver what they hold, for at most ``shutdown_grace`` seconds;
   3. write checkpoints (shielded), so a restart resumes right after what was settled;
   4. stop the sinks in reverse order of starting.
+
+After a signal, ``ExitDeadline`` ends the process ``EXIT_MARGIN_S`` after the grace if it
+is still there (a handler blocking the event loop for good); ``LoopWatchdog`` reports an
+event loop that does not run.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from fanout.errors import FanoutError
 from fanout.filters import compile_filters
 from fanout.httpclient import HttpClient
 from fanout.observe.metrics import Metrics
+from fanout.observe.watchdog import EXIT_MARGIN_S, ExitDeadline, LoopWatchdog
 from fanout.progress.sqlite import SQLiteCheckpointStore
 from fanout.progress.store import CheckpointStore
 from fanout.progress.tracker import ShardProgress
@@ -100,6 +105,8 @@ class Worker:
         self.gates = {name: SinkGate(cfg.max_in_flight) for name, cfg in config.sinks.items()}
         self.http_port: int | None = None
         self.started = anyio.Event()
+        self.watchdog = LoopWatchdog(self.metrics, self.settings.loop_block_threshold)
+        self.exit_deadline = ExitDeadline(self.settings.shutdown_grace + EXIT_MARGIN_S)
         self._stop = anyio.Event()
         self._fatal: BaseException | None = None
         names = list(self.settings.streams)
@@ -160,7 +167,7 @@ class Worker:
             from fanout.delivery.deadletter.sqs import SqsDeadLetter
 
             return SqsDeadLetter.for_sink(self.config, name, self.aws)
-        return dead_letters.FileDeadLetter(self.config.dead_letter_path(name))
+        return dead_letters.FileDeadLetter(self.config.dead_letter_path(name), mode=dl.file_mode)
 
     def _routes(self) -> list[Route]:
         routes = []
@@ -201,6 +208,7 @@ class Worker:
                 for route in routes:
                     stack.push_async_callback(route.dead_letter.aclose)
                 async with anyio.create_task_group() as services:
+                    services.start_soon(self.watchdog.run)
                     if self.handle_signals:
                         services.start_soon(self._watch_signals)
                     if self.settings.http.enabled:
@@ -289,6 +297,9 @@ class Worker:
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            # Whatever a handler does (even block the event loop for good), the process
+            # ends within shutdown_grace + EXIT_MARGIN_S of the signal.
+            self.exit_deadline.install((signal.SIGTERM, signal.SIGINT))
             async for signum in signals:
                 log.info("signal_received", extra={"signal": signal.Signals(signum).name})
                 self.stop()

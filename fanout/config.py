@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -50,6 +51,47 @@ def parse_duration(value: Any) -> Any:
 
 # Float seconds; -1 means "unbounded" where a field says so.
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+_OCTAL = re.compile(r"^\s*(?:0o|0)?([0-7]{1,4})\s*$", re.IGNORECASE)
+
+
+def parse_file_mode(value: Any) -> Any:
+    """Permission bits from an octal string (``"0600"``, ``"0o640"``, ``"600"``) or an int.
+
+    YAML reads ``0600`` as the int 384 (octal); a bare ``600`` is the int 600, above
+    ``0o777``, so such ints are refused rather than guessed at.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a file mode is an octal string like '0600'")
+    if isinstance(value, int):
+        if not 0 <= value <= 0o777:
+            raise ValueError(
+                f"{value} is not a file mode: write it as an octal string, e.g. '0600'"
+            )
+        return value
+    if isinstance(value, str):
+        match = _OCTAL.match(value)
+        mode = int(match.group(1), 8) if match else -1
+        if not 0 <= mode <= 0o777:
+            raise ValueError(f"invalid file mode {value!r}: use octal, e.g. '0600' or '0640'")
+        return mode
+    return value
+
+
+# Permission bits of a file fanout creates; octal in the config ("0600").
+FileMode = Annotated[
+    int,
+    BeforeValidator(parse_file_mode),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": "^(0o|0)?[0-7]{3}$"},
+                {"type": "integer", "minimum": 0, "maximum": 0o777},
+            ],
+            "examples": ["0600"],
+        }
+    ),
+]
 
 
 class Model(BaseModel):
@@ -151,6 +193,11 @@ class DeadLetterConfig(Model):
     region: str | None = None
     endpoint_url: str | None = None
     sink: str | None = Field(None, description="Another configured sink (type sink).")
+    file_mode: FileMode = Field(
+        0o600,
+        description="Permissions of the file (type file) when this creates it, in octal "
+        "('0600'); an existing file keeps its own.",
+    )
 
     @model_validator(mode="after")
     def _needs(self) -> DeadLetterConfig:
@@ -230,7 +277,16 @@ class Settings(BaseSettings):
     checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     shutdown_grace: Duration = Field(
-        30.0, ge=0, description="Seconds in-flight batches get to finish on SIGTERM."
+        30.0,
+        ge=0,
+        description="Seconds in-flight batches get to finish on SIGTERM; the process is gone "
+        "at most 5 s later, whatever a handler does.",
+    )
+    loop_block_threshold: Duration = Field(
+        1.0,
+        gt=0,
+        description="An event loop that does not run for longer than this is reported "
+        "(event_loop_blocked, with what was running).",
     )
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

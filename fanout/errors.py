@@ -13,6 +13,11 @@
   + CheckpointError            retryable: the next checkpoint round writes again
   + DeadLetterError            retryable: a dead-letter write failed; the shard stops
                                advancing until a later write succeeds
+  + CallCrashed                retryable: code the worker called (a sink, a blocking call on
+                               a thread) raised SystemExit, KeyboardInterrupt or another
+                               BaseException that is not an Exception: that call failed
+  + CallTimeout                retryable: a blocking call on a thread ran out of time (it goes
+                               on in its thread; ``fanout.isolation.Offload``)
 
 ``retryable`` (a class attribute, False unless marked above) says whether the same call may
 succeed if it is simply made again later. Code that decides between retrying and giving up
@@ -105,5 +110,20 @@ class CheckpointError(FanoutError):
 
 class DeadLetterError(FanoutError):
     """A dead-letter write failed; the record is not settled."""
+
+    retryable = True
+
+
+class CallCrashed(FanoutError):
+    """Code the worker called raised a ``BaseException`` that is not an ``Exception``
+    (``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit``, a ``CancelledError`` of its
+    own, a custom subclass): the call failed, the worker goes on. The original is the
+    ``__cause__``."""
+
+    retryable = True
+
+
+class CallTimeout(FanoutError):
+    """A blocking call on a thread did not return in time; it goes on in its thread."""
 
     retryable = True

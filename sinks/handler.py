@@ -1,30 +1,77 @@
 """The ``handler`` sink: calls a Python function exactly as AWS Lambda calls a stream handler.
 
 ``handler: "package.module:function"`` is called as ``function(event, context)`` with
-``event = {"Records": [...]}``. Async functions are awaited; plain functions run in a
-worker thread. A returned ``{"batchItemFailures": [{"itemIdentifier": "<SequenceNumber>"}]}``
-is honoured as Lambda does: the records from the lowest failed one on are retried.
+``event = {"Records": [...]}``. A returned ``{"batchItemFailures": [{"itemIdentifier":
+"<SequenceNumber>"}]}`` is honoured as Lambda does: the records from the lowest failed one
+on are retried.
+
+A handler is user code, and whatever it does is at most a failed call of its batch, never
+the worker's end (docs/handlers.md):
+
+* ``isolation: thread`` (the default): ``async def`` handlers are awaited on the worker's
+  event loop and cancelled at their timeout; plain functions run on this sink's own threads
+  (``max_concurrency`` of them, never shared with the worker). A plain function that times
+  out cannot be stopped: its batch fails at once, the call keeps its thread until it
+  returns, so the threads never outnumber ``max_concurrency``.
+* ``isolation: process``: the handler runs in a pool of worker processes
+  (``sinks.handlerpool``), killed and replaced on timeout, death or ``SystemExit``, with
+  ``memory_limit_in_mb`` as their address-space limit.
+
+Anything the handler raises, ``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit``, a
+``CancelledError`` of its own and custom ``BaseException`` subclasses included, fails the
+batch (``HandlerCrashed`` for those), which is then retried, bisected and dead-lettered as
+usual. A response that is not JSON, or a ``batchItemFailures`` naming no record of the
+batch, fails the whole batch (``InvalidResponse``), as Lambda treats it.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import time
-import uuid
+import importlib.util
+import logging
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any, Literal
 
 import anyio
-import anyio.to_thread
 import orjson
 from pydantic import Field
 
 from fanout.config import Duration, SinkConfig
-from fanout.errors import ConfigError
+from fanout.errors import CallTimeout, ConfigError
+from fanout.isolation import Offload, own_cancellation
 from fanout.records import Record
 from fanout.sink import Failure, Failures, SinkContext, SinkType
+from sinks.handlerpool import ProcessPool
+from sinks.lambdaenv import (
+    HandlerCrashed,
+    HandlerError,
+    HandlerTimeout,
+    InvalidResponse,
+    LambdaContext,
+    LoadError,
+    crashed,
+    invoke,
+    is_async,
+    load_function,
+    plain_response,
+)
+
+__all__ = [
+    "HANDLER",
+    "HandlerCrashed",
+    "HandlerError",
+    "HandlerSink",
+    "HandlerSinkConfig",
+    "HandlerTimeout",
+    "InvalidResponse",
+    "LambdaContext",
+    "batch_item_failures",
+    "load_handler",
+]
+
+# Threads of a plain handler, and worker processes, when neither max_concurrency nor
+# max_in_flight says otherwise.
+DEFAULT_THREADS = 32
+DEFAULT_PROCESSES = 4
 
 
 class HandlerSinkConfig(SinkConfig):
@@ -33,62 +80,58 @@ class HandlerSinkConfig(SinkConfig):
     type: Literal["handler"] = "handler"
     handler: str = Field(description="The function, as 'package.module:function'.")
     timeout: Duration = Field(
-        30.0, gt=0, le=900, description="Seconds one call may take (as a Lambda timeout)."
+        30.0,
+        gt=0,
+        le=900,
+        description="Seconds one call may run (as a Lambda timeout), counted from when it "
+        "starts, not while it waits for a thread or a worker process.",
+    )
+    isolation: Literal["thread", "process"] = Field(
+        "thread",
+        description="thread: async handlers on the event loop, plain ones on this sink's own "
+        "threads. process: every call in a pool of worker processes that are killed and "
+        "replaced on timeout or crash, so a handler that blocks, leaks or crashes the "
+        "interpreter cannot hurt the worker.",
+    )
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Calls running at once at most: the threads of a plain handler, or the "
+        "worker processes with isolation: process. Default: max_in_flight if set, else "
+        f"{DEFAULT_THREADS} threads or {DEFAULT_PROCESSES} processes.",
     )
     function_name: str | None = Field(
         None, description="context.function_name; default: the sink's name."
     )
-    memory_limit_in_mb: int = Field(128, ge=1, description="context.memory_limit_in_mb.")
+    memory_limit_in_mb: int = Field(
+        128,
+        ge=1,
+        description="context.memory_limit_in_mb; with isolation: process also each worker "
+        "process's address-space limit (a process that runs out is replaced).",
+    )
     copy_event: bool = Field(
         True,
         description="Give the handler its own copy of the records, so a handler that "
         "changes its event cannot change what other sinks receive.",
     )
 
+    @property
+    def concurrency(self) -> int:
+        """Threads, or worker processes, this sink uses at most."""
+        if self.max_concurrency is not None:
+            return self.max_concurrency
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        return DEFAULT_PROCESSES if self.isolation == "process" else DEFAULT_THREADS
+
 
 def load_handler(spec: str, path: str = "handler") -> Callable[..., Any]:
     """Import ``package.module:function``; ConfigError naming ``path`` if that fails."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(path, f"{spec!r} is not of the form 'package.module:function'")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(path, f"cannot import module {module_name!r}: {exc}") from exc
-    target: Any = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigError(path, f"module {module_name!r} has no attribute {attr!r}") from None
-    if not callable(target):
-        raise ConfigError(path, f"{spec!r} is not callable")
-    return target  # type: ignore[no-any-return]
-
-
-class LambdaContext:
-    """The context object Lambda passes to a handler (the commonly used attributes)."""
-
-    def __init__(
-        self, function_name: str, memory_limit_in_mb: int, region: str, deadline: float
-    ) -> None:
-        self.function_name = function_name
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = f"arn:aws:lambda:{region}:000000000000:function:{function_name}"
-        self.memory_limit_in_mb = memory_limit_in_mb
-        self.aws_request_id = str(uuid.uuid4())
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = f"fanout/{self.aws_request_id}"
-        self.identity = None
-        self.client_context = None
-        self._deadline = deadline
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-
-class HandlerTimeout(Exception):
-    """The handler did not return within its timeout."""
+        return load_function(spec)
+    except LoadError as exc:
+        raise ConfigError(path, str(exc)) from exc
 
 
 class HandlerSink:
@@ -96,73 +139,203 @@ class HandlerSink:
 
     ordered = True
 
-    def __init__(self, name: str, config: HandlerSinkConfig) -> None:
+    def __init__(
+        self, name: str, config: HandlerSinkConfig, logger: logging.Logger | None = None
+    ) -> None:
         self.name = name
         self.config = config
+        self.log = logger or logging.getLogger(f"fanout.sink.{name}")
         self._fn: Callable[..., Any] | None = None
         self._is_async = False
+        self._threads: Offload | None = None
+        self._pool: ProcessPool | None = None
+
+    @property
+    def pool(self) -> ProcessPool | None:
+        """The worker processes (``isolation: process``, once started)."""
+        return self._pool
+
+    @property
+    def threads(self) -> Offload | None:
+        """The threads of a plain handler (``isolation: thread``, once started)."""
+        return self._threads
 
     async def start(self) -> None:
-        self._fn = load_handler(self.config.handler, f"sinks.{self.name}.handler")
-        self._is_async = inspect.iscoroutinefunction(self._fn)
+        config = self.config
+        path = f"sinks.{self.name}.handler"
+        if config.isolation == "process":
+            pool = ProcessPool(
+                self.name,
+                config.handler,
+                size=config.concurrency,
+                memory_limit_in_mb=config.memory_limit_in_mb,
+            )
+            try:
+                await pool.start()
+            except LoadError as exc:
+                raise ConfigError(path, str(exc)) from None
+            self._pool = pool
+            return
+        self._fn = load_handler(config.handler, path)
+        self._is_async = is_async(self._fn)
+        if not self._is_async:
+            self._threads = Offload(config.concurrency, f"fanout-handler-{self.name}")
 
     async def send(self, batch: Sequence[Record]) -> Failures:
+        if self._pool is not None:
+            result = await self._pool.invoke(self._request(batch), self.config.timeout)
+            return batch_item_failures(result, batch)
         fn = self._fn
         assert fn is not None, "send() before start()"
         # An orjson round trip is a deep copy at a fraction of copy.deepcopy's cost.
         records = orjson.loads(orjson.dumps(batch)) if self.config.copy_event else list(batch)
-        event = {"Records": records}
-        timeout = self.config.timeout
-        region = str(batch[0].get("awsRegion", "us-east-1")) if batch else "us-east-1"
-        context = LambdaContext(
-            self.config.function_name or self.name,
-            self.config.memory_limit_in_mb,
-            region,
-            time.monotonic() + timeout,
-        )
-        with anyio.move_on_after(timeout) as scope:
-            if self._is_async:
-                result = await fn(event, context)
-            else:
-                result = await anyio.to_thread.run_sync(
-                    partial(fn, event, context), abandon_on_cancel=True
-                )
-        if scope.cancelled_caught:
-            raise HandlerTimeout(f"handler {self.config.handler} timed out after {timeout}s")
+        context = self._context(batch)
+        if self._is_async:
+            result = await self._call_async(fn, {"Records": records}, context)
+        else:
+            result = await self._call_sync(fn, {"Records": records}, context)
         return batch_item_failures(result, batch)
 
     async def stop(self) -> None:
         self._fn = None
+        if self._pool is not None:
+            await self._pool.stop()
+            self._pool = None
+
+    # -- isolation: thread ------------------------------------------------------------------
+
+    async def _call_async(
+        self, fn: Callable[..., Any], event: dict[str, Any], context: LambdaContext
+    ) -> Any:
+        timeout = self.config.timeout
+        context.start(timeout)
+        with anyio.move_on_after(timeout) as scope:
+            try:
+                result = await fn(event, context)
+            except Exception:
+                raise
+            except BaseException as exc:
+                if own_cancellation(exc):  # the timeout, or the worker stopping
+                    raise
+                raise crashed(exc) from exc
+        if scope.cancelled_caught:
+            raise HandlerTimeout(f"handler {self.config.handler} timed out after {timeout:g}s")
+        return plain_response(result)
+
+    async def _call_sync(
+        self, fn: Callable[..., Any], event: dict[str, Any], context: LambdaContext
+    ) -> Any:
+        threads = self._threads
+        assert threads is not None
+        timeout = self.config.timeout
+        try:
+            return await threads.run(invoke, fn, event, context, timeout, limit=timeout)
+        except CallTimeout:
+            held = threads.abandoned
+            self.log.warning(
+                "handler_timed_out",
+                extra={
+                    "sink": self.name,
+                    "handler": self.config.handler,
+                    "timeout_s": timeout,
+                    "threads_held": held,
+                    "threads": threads.size,
+                    "note": "a plain function cannot be stopped: the call goes on in its "
+                    "thread, which stays taken until it returns (isolation: process kills it)",
+                },
+            )
+            raise HandlerTimeout(
+                f"handler {self.config.handler} timed out after {timeout:g}s (the call goes "
+                f"on in its thread; {held} of {threads.size} threads held by timed-out calls)"
+            ) from None
+
+    def _context(self, batch: Sequence[Record]) -> LambdaContext:
+        return LambdaContext(
+            self.config.function_name or self.name,
+            self.config.memory_limit_in_mb,
+            _region(batch),
+        )
+
+    # -- isolation: process -----------------------------------------------------------------
+
+    def _request(self, batch: Sequence[Record]) -> bytes:
+        return orjson.dumps(
+            {
+                "event": {"Records": batch},
+                "context": {
+                    "function_name": self.config.function_name or self.name,
+                    "memory_limit_in_mb": self.config.memory_limit_in_mb,
+                    "region": _region(batch),
+                    "timeout": self.config.timeout,
+                },
+            }
+        )
+
+
+def _region(batch: Sequence[Record]) -> str:
+    return str(batch[0].get("awsRegion", "us-east-1")) if batch else "us-east-1"
 
 
 def batch_item_failures(result: Any, batch: Sequence[Record]) -> Failures:
     """Lambda's partial batch response: records from the lowest failed one on are retried.
 
-    An item identifier that is missing, empty or not in the batch fails the whole batch,
-    as it does on Lambda.
+    A response that is not a mapping, or has no (or an empty) ``batchItemFailures``, means
+    every record was delivered.
+
+    Raises:
+        InvalidResponse: ``batchItemFailures`` is not a list, or an item identifier is
+            missing, empty or not in the batch: the whole batch failed, as on Lambda.
     """
-    if not isinstance(result, dict) or not result.get("batchItemFailures"):
+    if not isinstance(result, dict):
         return {}
+    items = result.get("batchItemFailures")
+    if not items:
+        return {}
+    if not isinstance(items, list):
+        raise InvalidResponse(
+            f"batchItemFailures is a {type(items).__name__}, not a list: {_clip(items)}"
+        )
     index = {r["dynamodb"]["SequenceNumber"]: i for i, r in enumerate(batch)}
     lowest = len(batch)
-    for item in result["batchItemFailures"]:
+    for item in items:
         ident = item.get("itemIdentifier") if isinstance(item, dict) else None
         position = index.get(ident) if isinstance(ident, str) else None
         if position is None:
-            reason = f"batchItemFailures names an unknown itemIdentifier {ident!r}"
-            return {i: Failure(True, reason) for i in range(len(batch))}
+            raise InvalidResponse(
+                f"batchItemFailures names an unknown itemIdentifier: {_clip(item)}"
+            )
         lowest = min(lowest, position)
     failed = batch[lowest]["dynamodb"]["SequenceNumber"]
     reason = f"handler reported batchItemFailures from {failed}"
     return {i: Failure(True, reason) for i in range(lowest, len(batch))}
 
 
+def _clip(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check(name: str, config: HandlerSinkConfig, path: str) -> None:
+    if config.isolation == "process":
+        # Imported in the worker processes only: here, only check that the module exists.
+        module = config.handler.partition(":")[0]
+        if ":" not in config.handler or not module or not config.handler.partition(":")[2]:
+            raise ConfigError(
+                f"{path}.handler",
+                f"{config.handler!r} is not of the form 'package.module:function'",
+            )
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"{path}.handler", f"cannot find module {module!r}: {exc}") from exc
+        if found is None:
+            raise ConfigError(f"{path}.handler", f"cannot find module {module!r}")
+        return
     load_handler(config.handler, f"{path}.handler")
 
 
 def _build(name: str, config: HandlerSinkConfig, ctx: SinkContext) -> HandlerSink:
-    return HandlerSink(name, config)
+    return HandlerSink(name, config, ctx.logger)
 
 
 HANDLER: SinkType[HandlerSinkConfig] = SinkType(HandlerSinkConfig, _build, _check)

@@ -61,6 +61,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from fanout.app import Worker
     from fanout.observe import logs
+    from fanout.observe.watchdog import exit_now_if_stuck
     from fanout.runtime import tune_gc
 
     config, path = load(args)
@@ -69,4 +70,8 @@ def _run(args: argparse.Namespace) -> int:
     logs.setup(args.log_format or settings.log_format, settings.log_level, secrets=secrets)
     worker = Worker(config)
     tune_gc()
-    return anyio.run(worker.run)
+    code = anyio.run(worker.run)
+    worker.exit_deadline.cancel()
+    # Checkpoints are written; a thread stuck for good (a hung disk) must not keep the
+    # process from ending.
+    return exit_now_if_stuck(code)

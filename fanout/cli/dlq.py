@@ -127,7 +127,7 @@ def destination(
         if not dl.queue_url:
             raise ConfigError("--from", f"sink {sink!r} has no dead_letter.queue_url")
         return SqsDeadLetter.for_sink(config, sink, clients)
-    return FileDeadLetter(Path(path) if path else config.dead_letter_path(sink))
+    return FileDeadLetter(Path(path) if path else config.dead_letter_path(sink), mode=dl.file_mode)
 
 
 # -- inspect --------------------------------------------------------------------------------

@@ -83,12 +83,11 @@ def _stream_of(arn: str, config: Config) -> str | None:
 
 
 def count_lines(path: Path) -> int:
-    """Newline-terminated lines of ``path`` (one dead-letter entry each)."""
-    count = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            count += chunk.count(b"\n")
-    return count
+    """The entries of a dead-letter file, counted as ``fanout dlq`` reads them: whole lines
+    that parse (a line cut short by a crash is not an entry)."""
+    from fanout.delivery.deadletter.file import count_entries
+
+    return count_entries(path)
 
 
 def dead_letters(config: Config) -> list[DeadLetterStatus]:

@@ -19,6 +19,7 @@ from types import TracebackType
 
 import anyio
 
+from fanout.isolation import contained, own_cancellation
 from fanout.records import Record
 from fanout.sink import Failures, Sink
 
@@ -146,14 +147,21 @@ class SinkGate:
         """``sink.send(batch)`` through the gate, holding off as its answer asks.
 
         Raises:
-            Exception: whatever ``sink.send`` raised.
+            Exception: whatever ``sink.send`` raised (``CallCrashed`` for a
+                ``BaseException`` that is not an ``Exception``, other than the worker's own
+                cancellation).
         """
         async with self:
             try:
                 failures = await sink.send(batch)
-            except Exception as exc:
+            except BaseException as exc:
+                if own_cancellation(exc):
+                    raise
                 self.hold_off(retry_after(exc))
-                raise
+                error = contained(exc, f"sink {sink.name}")
+                if error is exc:
+                    raise
+                raise error from exc
             if failures:
                 self.hold_off(retry_after(failures))
             return failures

@@ -26,6 +26,7 @@ from fanout.delivery.giveup import DeadLetterWriter
 from fanout.delivery.recovery import Recovery, SinkHealth
 from fanout.delivery.route import Route
 from fanout.delivery.telemetry import LaneTelemetry
+from fanout.isolation import contained, own_cancellation
 from fanout.progress.tracker import ShardProgress, Ticket
 from fanout.records import Record, item_key
 from fanout.sink import Failures
@@ -154,7 +155,11 @@ class Lane:
 
     async def attempt(self, batch: Sequence[Record]) -> tuple[Failures, BaseException | None]:
         """One ``send`` of ``batch`` through the sink's gate: ``(failures, None)``, or
-        ``({}, exception)`` if it raised."""
+        ``({}, exception)`` if it raised.
+
+        Whatever the sink raises is a failed attempt, ``SystemExit`` and its kind too
+        (as ``CallCrashed``); only the worker's own cancellation goes through.
+        """
         gate = self.route.gate
         if gate.idle:
             return await self._call(batch)
@@ -173,11 +178,13 @@ class Lane:
         started = time.perf_counter()
         try:
             failures = await route.sink.send(batch)
-        except Exception as exc:  # noqa: BLE001 - the contract: any exception fails the batch
+        except BaseException as exc:
+            if own_cancellation(exc):
+                raise
             self._send_seconds.observe(time.perf_counter() - started)
             self._errors.inc()
             route.gate.hold_off(retry_after(exc))
-            return {}, exc
+            return {}, contained(exc, f"sink {route.name}")
         self._send_seconds.observe(time.perf_counter() - started)
         if failures:
             route.gate.hold_off(retry_after(failures))

@@ -5,7 +5,9 @@ the process is wedged. ``/readyz`` answers 200 only while the worker is doing it
 503 with the reasons as JSON otherwise:
 
 * ``starting`` / ``stopping``: before the shard readers run, or once a shutdown began;
-* ``checkpoint_store``: the store did not answer a cheap query within ``_STORE_TIMEOUT_S``;
+* ``checkpoint_store``: the store did not answer a cheap query within ``_STORE_TIMEOUT_S``
+  (on a connection and thread of its own where the store has ``probe()``, so the answer
+  never waits behind checkpoint writes);
 * ``streams_not_ready``: a stream was never resolved and listed;
 * ``streams_unreachable``: a stream's latest shard discovery failed, or none succeeded for
   more than two discovery intervals (plus the request timeout);
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import orjson
@@ -47,6 +49,13 @@ class Probed(Protocol):
     """What readiness needs to know of one store."""
 
     async def load(self, stream_arn: str) -> Mapping[str, object]: ...
+
+
+@runtime_checkable
+class Probeable(Protocol):
+    """A store with a check of its own that never waits behind its writes (SQLite's)."""
+
+    async def probe(self) -> None: ...
 
 
 class ReadinessView(Protocol):
@@ -87,9 +96,13 @@ _PROBE_ARN = "fanout:readiness-probe"
 
 async def store_problem(worker: ReadinessView) -> str | None:
     """None when the checkpoint store answers a cheap query in time, else why not."""
+    store = worker.store
     try:
         with anyio.fail_after(_STORE_TIMEOUT_S):
-            await worker.store.load(_PROBE_ARN)
+            if isinstance(store, Probeable):
+                await store.probe()
+            else:
+                await store.load(_PROBE_ARN)
     except TimeoutError:
         return f"no answer within {_STORE_TIMEOUT_S:g}s"
     except FanoutError as exc:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+_LOOP_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 GET_RECORDS_OUTCOMES = ("records", "empty", "throttled", "expired", "error")
@@ -175,6 +176,21 @@ class Metrics:
             "fanout_stalled_shards",
             "Shards with pending records and no progress for longer than http.stall_timeout.",
             ["stream"],
+            registry=r,
+        )
+
+        # -- the process ---------------------------------------------------------------
+        self.loop_lag = Histogram(
+            "fanout_event_loop_lag_seconds",
+            "How late the event loop's heartbeat ran (one observation every 0.25 s); "
+            "nothing on the loop runs while it is late.",
+            buckets=_LOOP_BUCKETS,
+            registry=r,
+        )
+        self.loop_blocked = Counter(
+            "fanout_event_loop_blocked_seconds_total",
+            "Seconds the event loop did not run, counted for stretches longer than "
+            "loop_block_threshold (event_loop_blocked is logged with what was running).",
             registry=r,
         )
 

@@ -11,6 +11,7 @@ import anyio
 import anyio.to_thread
 
 from fanout.errors import CheckpointError
+from fanout.isolation import Offload
 from fanout.progress.store import Checkpoint, CheckpointRow
 
 _SCHEMA = """
@@ -35,13 +36,18 @@ class SQLiteCheckpointStore:
 
     Writes are transactions in WAL mode with ``synchronous=FULL``: a checkpoint that
     ``save()`` returned for is on disk, and a crash mid-write leaves the previous one.
-    Calls run in a worker thread so the event loop never waits on the disk.
+    Calls run in a worker thread of the store's own (never one a sink's slow call could
+    take), so the event loop never waits on the disk. ``probe()`` reads on a connection and
+    thread of its own, so a readiness probe never queues behind checkpoint writes.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._lock = anyio.Lock()
+        self._limiter = anyio.CapacityLimiter(1)
+        self._prober = Offload(1, "fanout-store-probe")
+        self._probe_db: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
@@ -60,7 +66,9 @@ class SQLiteCheckpointStore:
     async def _run(self, fn: str, *args: object) -> object:
         async with self._lock:
             try:
-                return await anyio.to_thread.run_sync(getattr(self, fn), *args)
+                return await anyio.to_thread.run_sync(
+                    getattr(self, fn), *args, limiter=self._limiter
+                )
             except sqlite3.Error as exc:
                 raise CheckpointError(f"checkpoint store {self.path}: {exc}") from exc
 
@@ -71,9 +79,28 @@ class SQLiteCheckpointStore:
         if self._db is not None:
             db, self._db = self._db, None
             async with self._lock:
-                await anyio.to_thread.run_sync(db.close)
+                await anyio.to_thread.run_sync(db.close, limiter=self._limiter)
+        if self._probe_db is not None and not self._prober.running:
+            probe_db, self._probe_db = self._probe_db, None
+            await self._prober.run(probe_db.close)
+
+    async def probe(self) -> None:
+        """A cheap read on a connection of its own (WAL lets it in beside a write).
+
+        Raises:
+            CheckpointError: the store cannot be read.
+        """
+        try:
+            await self._prober.run(self._probe)
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"checkpoint store {self.path}: {exc}") from exc
 
     # -- sync bodies (run in a thread) ------------------------------------------------------
+
+    def _probe(self) -> None:
+        if self._probe_db is None:
+            self._probe_db = sqlite3.connect(self.path, check_same_thread=False)
+        self._probe_db.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
     def _load(self, stream_arn: str) -> dict[str, Checkpoint]:
         rows = self._connect().execute(

@@ -21,3 +21,15 @@ def receive(event: dict[str, Any], context: Any) -> dict[str, Any]:
         record.pop("eventSourceARN", None)
     event["Records"].clear()
     return {"batchItemFailures": failures}
+
+
+def receive_in_a_worker_process(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """``receive`` for ``isolation: process``: what arrived is appended to the file
+    ``$FANOUT_CONTRACT_OUT`` (the test reads it from the worker)."""
+    import os
+
+    ids = [r["eventID"] for r in event["Records"]]
+    answer = receive(event, context)
+    with open(os.environ["FANOUT_CONTRACT_OUT"], "a") as out:
+        out.write("".join(f"{i}\n" for i in ids))
+    return answer

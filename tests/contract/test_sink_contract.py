@@ -285,6 +285,27 @@ async def test_sink_type_keeps_the_contract(
     await check(_target(kind, registry, tmp_path, monkeypatch, request))
 
 
+@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)
+async def test_a_handler_in_worker_processes_keeps_the_contract(
+    check: Callable[[ContractTarget], Any],
+    registry: SinkRegistry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "arrived.txt"
+    monkeypatch.setenv("FANOUT_CONTRACT_OUT", str(out))
+    module = contract_handlers.__name__
+    options = {"type": "handler", "isolation": "process", "max_concurrency": 3}
+    target = ContractTarget(
+        registry["handler"],
+        {**options, "handler": f"{module}:receive_in_a_worker_process"},
+        lambda: out.read_text().split() if out.exists() else [],
+        broken_options={**options, "handler": f"{module}:missing"},
+        poison=_poisoned,
+    )
+    await check(target)
+
+
 @pytest.mark.parametrize(("kind", "name"), sorted(NOT_APPLICABLE))
 async def test_checks_that_cannot_apply_say_so(
     kind: str,

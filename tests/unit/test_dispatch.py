@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -579,3 +580,59 @@ async def test_poison_records_at_the_front_of_an_unordered_batch_are_each_isolat
     await run_pages([route], [records])
     assert sorted(dlq.seqs()) == sorted(poisons)  # record 3 was not dead-lettered with 2
     assert sorted(seqs(sink.delivered)) == seqs(records[3:])
+
+
+# -- a sink raising what no sink should -----------------------------------------------------
+
+
+class Doom(BaseException):
+    pass
+
+
+def raise_base(exc: BaseException, *bad: str) -> Behaviour:
+    def behaviour(batch: Sequence[Record]) -> Failures:
+        if any(r["dynamodb"]["SequenceNumber"] in bad for r in batch):
+            raise exc
+        return {}
+
+    return behaviour
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [SystemExit(0), KeyboardInterrupt(), GeneratorExit(), Doom("x"), asyncio.CancelledError()],
+    ids=lambda exc: type(exc).__name__,
+)
+async def test_a_base_exception_from_a_sink_is_a_failed_attempt_isolated_and_dead_lettered(exc):
+    records = [rec(i) for i in range(10)]
+    sink = ScriptedSink(behaviour=raise_base(exc, seq_of(4)))
+    dlq = MemoryDeadLetter()
+    route = make_route(sink, dlq, batch_size=10, retry={"max_attempts": 2})
+    shard = await run_pages([route], [records])
+    assert dlq.seqs() == [seq_of(4)]
+    (entry,) = dlq.entries
+    assert entry["error"]["class"] == "CallCrashed"
+    assert type(exc).__name__ in entry["error"]["message"]
+    assert seqs(sink.delivered) == [s for s in seqs(records) if s != seq_of(4)]
+    assert shard.frontier == seq_of(9)
+
+
+async def test_the_workers_cancellation_of_a_lane_is_not_taken_for_a_sink_failure():
+    entered = anyio.Event()
+
+    class Hanging(ScriptedSink):
+        async def send(self, batch: Sequence[Record]) -> Failures:
+            entered.set()
+            await anyio.sleep_forever()
+            return {}
+
+    sink = Hanging()
+    dlq = MemoryDeadLetter()
+    route = make_route(sink, dlq, batch_size=10)
+    with anyio.move_on_after(5) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(deliver_one, route, [rec(1)])
+            await entered.wait()
+            tg.cancel_scope.cancel()
+    assert not scope.cancelled_caught
+    assert dlq.entries == []

@@ -255,3 +255,19 @@ def test_retry_after_is_read_from_failures_and_exceptions():
     for value in (True, -1, 0, "2", math.nan):
         odd.retry_after = value  # type: ignore[attr-defined]
         assert retry_after(odd) is None
+
+
+async def test_a_base_exception_from_a_sink_leaves_the_gate_as_call_crashed():
+    from fanout.errors import CallCrashed
+
+    class Exits:
+        name = "exits"
+        ordered = True
+
+        async def send(self, batch: Sequence[Record]) -> Failures:
+            raise SystemExit(2)
+
+    gate = SinkGate(1)
+    with pytest.raises(CallCrashed, match="sink exits raised SystemExit: 2"):
+        await gate.send(Exits(), [])  # type: ignore[arg-type]
+    assert gate.enter_nowait()  # its slot was given back

@@ -16,6 +16,7 @@ from sinks.handler import (
     HandlerSink,
     HandlerSinkConfig,
     HandlerTimeout,
+    InvalidResponse,
     batch_item_failures,
     load_handler,
 )
@@ -152,11 +153,27 @@ def test_batch_item_failures_fail_from_the_lowest_on():
     assert sorted(failures) == [1, 2, 3, 4]
     assert all(f.retryable for f in failures.values())
     assert batch_item_failures({"batchItemFailures": []}, batch) == {}
+    assert batch_item_failures({"batchItemFailures": None}, batch) == {}
     assert batch_item_failures(None, batch) == {}
-    unknown = batch_item_failures({"batchItemFailures": [{"itemIdentifier": "999"}]}, batch)
-    assert sorted(unknown) == [0, 1, 2, 3, 4]
-    empty = batch_item_failures({"batchItemFailures": [{"itemIdentifier": ""}]}, batch)
-    assert sorted(empty) == [0, 1, 2, 3, 4]
+    assert batch_item_failures("done", batch) == {}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"batchItemFailures": [{"itemIdentifier": "999"}]},
+        {"batchItemFailures": [{"itemIdentifier": ""}]},
+        {"batchItemFailures": [{"itemIdentifier": None}]},
+        {"batchItemFailures": [{"id": "000000000000000000001"}]},
+        {"batchItemFailures": ["000000000000000000001"]},
+        {"batchItemFailures": "garbage"},
+        {"batchItemFailures": {"itemIdentifier": "000000000000000000001"}},
+    ],
+)
+def test_an_invalid_partial_batch_response_fails_the_whole_batch(answer):
+    # As on Lambda: a complete failure, so the batch is retried and bisected like an error.
+    with pytest.raises(InvalidResponse):
+        batch_item_failures(answer, [wire_record(i) for i in range(1, 6)])
 
 
 async def test_batch_item_failures_redeliver_exactly_the_failed_and_later_records(tmp_path):

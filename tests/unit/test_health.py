@@ -207,3 +207,30 @@ async def test_metrics_scrape_refreshes_the_derived_gauges(tmp_path):
         }
         assert values[("fanout_in_flight_records", "orders")] == 7
         assert values[("fanout_progress_age_seconds", "orders")] >= 49
+
+
+async def test_the_store_check_never_waits_behind_a_checkpoint_write(tmp_path, monkeypatch):
+    import threading
+
+    from fanout.progress.sqlite import SQLiteCheckpointStore
+    from fanout.progress.store import CheckpointRow
+
+    store = SQLiteCheckpointStore(tmp_path / "fanout.db")
+    await store.open()
+    release = threading.Event()
+    original = store._save
+
+    def stuck_save(rows: Any) -> None:
+        release.wait()  # a checkpoint write held up by a slow disk
+        original(rows)
+
+    monkeypatch.setattr(store, "_save", stuck_save)
+    worker = FakeWorker()
+    worker.store = cast("Any", store)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.save, [CheckpointRow("arn", "shard-1", "1")])
+        await anyio.sleep(0.05)
+        with anyio.fail_after(1):
+            assert await health.store_problem(worker) is None
+        release.set()
+    await store.aclose()

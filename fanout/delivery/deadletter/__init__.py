@@ -16,7 +16,12 @@ from fanout.delivery.deadletter.base import (
     entry,
     entry_key,
 )
-from fanout.delivery.deadletter.file import FileDeadLetter, Sidecar, read_entries
+from fanout.delivery.deadletter.file import (
+    FileDeadLetter,
+    Sidecar,
+    count_entries,
+    read_entries,
+)
 from fanout.delivery.deadletter.sink import SinkDeadLetter
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "ReadableDeadLetter",
     "Sidecar",
     "SinkDeadLetter",
+    "count_entries",
     "entry",
     "entry_key",
     "read_entries",
