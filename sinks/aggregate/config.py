@@ -4,9 +4,9 @@ target table that is also a source stream is an infinite loop)."""
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from fanout.config import Model, Settings, SinkConfig, parse_duration
 from fanout.errors import ConfigError
@@ -46,6 +46,11 @@ class LatestMeasure(Model):
 
 
 Measure = Literal["count"] | SumMeasure | MinMeasure | MaxMeasure | LatestMeasure
+# Seconds, or a string: "none" or a duration such as "1h".
+Window = Annotated[
+    float | None,
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}),
+]
 
 
 class AggregateSinkConfig(SinkConfig):
@@ -60,7 +65,7 @@ class AggregateSinkConfig(SinkConfig):
         description="Attributes of the item image; the row's `group` is their values joined "
         "with '#'.",
     )
-    window: float | None = Field(
+    window: Window = Field(
         None,
         description="`none` (one row per group, window `all`) or a tumbling window such as "
         "1m, 1h, 1d on the change's ApproximateCreationDateTime (window = its start, epoch "

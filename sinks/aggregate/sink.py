@@ -77,6 +77,10 @@ class _Outage(Exception):
         self.throttled = throttled
 
 
+class _Refused(Exception):
+    """DynamoDB refused a transaction of several moves as invalid: split it."""
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:_REASON_LIMIT]
 
@@ -201,9 +205,21 @@ class AggregateSink:
                 transactions = pack(moves, self.config.max_transaction_actions)
                 shrinking = {key for tx in transactions for key in tx.shrinking()}
                 await self._read([], shrinking - counts.keys(), states, counts)
-                for tx in transactions:
-                    if await self._commit(tx, states, counts, pending, failed):
-                        committed = True
+                while transactions:
+                    tx = transactions.pop(0)
+                    unknown = set(tx.shrinking()) - counts.keys()
+                    if unknown:  # a half of a split transaction can shrink a row alone
+                        await self._read([], unknown, states, counts)
+                    try:
+                        if await self._commit(tx, states, counts, pending, failed):
+                            committed = True
+                    except _Refused:
+                        # One of its changes is refused: halve it until that one is alone.
+                        half = len(tx.moves) // 2
+                        transactions[:0] = [
+                            Transaction(tx.moves[:half]),
+                            Transaction(tx.moves[half:]),
+                        ]
                 if not pending:
                     return failed
                 self.metrics.conflicts.inc()
@@ -256,11 +272,13 @@ class AggregateSink:
                 return False
             if unreachable(exc):
                 raise _Outage(_describe(exc), throttled=code in THROTTLE_CODES) from exc
-            if code == "ValidationException" and len(tx.moves) == 1:
-                # DynamoDB refuses this one change (a sum beyond 38 digits, say).
+            if code == "ValidationException":
+                # DynamoDB refuses a change of the transaction (a sum beyond 38 digits, say)
+                if len(tx.moves) > 1:
+                    raise _Refused from exc
                 self._refuse(tx, Owner(move=0), _describe(exc), pending, failed)
                 return False
-            raise  # the whole batch fails, and bisection isolates the record
+            raise
         except NETWORK_ERRORS as exc:
             raise _Outage(_describe(exc), throttled=False) from exc
         self.metrics.transactions.inc()

@@ -347,6 +347,30 @@ async def test_a_sum_beyond_38_digits_is_refused_not_rounded(dynamodb_local, ddb
         await sink.context.aclose()
 
 
+async def test_a_refused_change_among_many_is_split_out_and_the_rest_apply(
+    dynamodb_local, ddb_client
+):
+    opts = options(dynamodb_local.endpoint_url)
+    sink = make_sink(opts)
+    big = "9" * 38
+    await sink.start()
+    try:
+        await deliver(sink, [record("INSERT", "big", 1, order("c1", big))])
+        batch = [record("INSERT", f"k{n}", 10 + n, order(f"c{2 + n % 3}", "1")) for n in range(9)]
+        batch.insert(4, record("INSERT", "over", 5, order("c1", "0.5")))
+        failures = await sink.send(batch)
+        assert list(failures) == [4]
+        assert not failures[4].retryable
+        assert rows(ddb_client, opts["table"]) == {
+            ("c1", "all"): (1, Decimal(big)),
+            ("c2", "all"): (3, Decimal(3)),
+            ("c3", "all"): (3, Decimal(3)),
+            ("c4", "all"): (3, Decimal(3)),
+        }
+    finally:
+        await sink.context.aclose()
+
+
 async def test_records_it_cannot_apply_are_refused_at_their_index(dynamodb_local):
     sink = make_sink(options(dynamodb_local.endpoint_url))
     good = record("INSERT", "a", 1, order("c1", "1"))
