@@ -1,4 +1,5 @@
-"""Built-in sinks: ``handler``, ``file``, ``stdout`` and ``opensearch`` (a package).
+"""Built-in sinks: ``handler``, ``file``, ``stdout``, and ``opensearch`` and ``aggregate``
+(packages).
 
 Each module holds a sink's config model (a ``fanout.config.SinkConfig`` subclass), the sink
 and a ``fanout.sink.SinkType``. They are registered in ``pyproject.toml`` under the
