@@ -141,6 +141,14 @@ class AggregateSink:
                 self._unreachable = (anyio.current_time(), exc)
                 raise
             self._ready = True
+            self.log.info(
+                "aggregate_ready",
+                extra={
+                    "sink": self.name,
+                    "table": self.config.table,
+                    "state_table": self.config.state_table_name,
+                },
+            )
 
     # -- sending --------------------------------------------------------------------------
 
@@ -181,10 +189,6 @@ class AggregateSink:
                 self.metrics.anomalies["order"].inc()
             else:
                 latest = change
-        if latest.non_numeric:
-            self.metrics.anomalies["non_numeric"].inc(latest.non_numeric)
-        if latest.ungrouped:
-            self.metrics.anomalies["ungrouped"].inc()
         return latest
 
     async def _apply(self, changes: dict[str, Change]) -> dict[str, Failure]:
@@ -247,8 +251,6 @@ class AggregateSink:
                 self.metrics.replays.inc()
                 del pending[item]
                 continue
-            if before is None and change.has_old:
-                self.metrics.anomalies["unseen_item"].inc()
             moves.append(Move(change, before))
         return moves
 
@@ -282,10 +284,17 @@ class AggregateSink:
         except NETWORK_ERRORS as exc:
             raise _Outage(_describe(exc), throttled=False) from exc
         self.metrics.transactions.inc()
+        anomalies = self.metrics.anomalies
         for move in tx.moves:
             change = move.change
             states[change.item] = State(stamp_text(change.stamp), change.contribution)
             pending.pop(change.item, None)
+            if move.before is None and change.has_old:
+                anomalies["unseen_item"].inc()
+            if change.non_numeric:
+                anomalies["non_numeric"].inc(change.non_numeric)
+            if change.ungrouped:
+                anomalies["ungrouped"].inc()
         self.metrics.writes.inc(len(tx.moves))
         for key, delta in tx.rows.items():
             if key in tx.deletes:

@@ -646,6 +646,9 @@ async def test_a_target_that_is_its_own_source_skips_the_sinks_own_writes(
         return run.worker.metrics.registry.get_sample_value(name, {"sink": "totals"}) or 0.0
 
     async with running(config) as run:
+        # the worker tells the sink which streams feed it (for the view-type check)
+        context = run.worker.sinks["totals"].context  # type: ignore[attr-defined]
+        assert list(context.streams) == ["single"]
         expected = {"c0": ("7", "63"), "c1": ("7", "70"), "c2": ("6", "57")}
         await wait_async(lambda: totals() == expected, 20, "the totals")
         # The sink's row writes come back through the stream, are recognised by their
