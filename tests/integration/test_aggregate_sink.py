@@ -371,6 +371,27 @@ async def test_a_refused_change_among_many_is_split_out_and_the_rest_apply(
         await sink.context.aclose()
 
 
+async def test_a_row_deleted_behind_the_sinks_back_is_reported_not_driven_negative(
+    dynamodb_local, ddb_client
+):
+    opts = options(dynamodb_local.endpoint_url)
+    sink = make_sink(opts)
+    await sink.start()
+    try:
+        await deliver(sink, [record("INSERT", "a", 1, order("c1", "5"))])
+        ddb_client.delete_item(
+            TableName=opts["table"], Key={"group": {"S": "c1"}, "window": {"S": "all"}}
+        )
+        failures = await sink.send([record("MODIFY", "a", 2, order("c2", "1"), order("c1", "5"))])
+        assert list(failures) == [0]
+        assert not failures[0].retryable
+        assert "fewer than its state rows count in it" in failures[0].reason
+        assert rows(ddb_client, opts["table"]) == {}
+        assert sample(sink, "fanout_aggregate_anomalies_total", reason="inconsistent_row") == 1
+    finally:
+        await sink.context.aclose()
+
+
 async def test_records_it_cannot_apply_are_refused_at_their_index(dynamodb_local):
     sink = make_sink(options(dynamodb_local.endpoint_url))
     good = record("INSERT", "a", 1, order("c1", "1"))
