@@ -4,7 +4,8 @@ table, exact under INSERT, MODIFY, REMOVE and any replay.
 Modules: ``config`` (options, and the loop check against the worker's streams), ``change``
 (records to contributions, exact decimals), ``plan`` (state rows, group rows, transactions),
 ``tables`` (start-up checks and table creation), ``sink`` (reads, transactions, outcomes),
-``metrics``. docs/aggregate.md explains why a replay never changes a total twice.
+``extremes`` (min, max, latest), ``metrics``. docs/aggregate.md explains why a replay never
+changes a total twice.
 """
 
 from __future__ import annotations

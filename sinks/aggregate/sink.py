@@ -30,13 +30,12 @@ from sinks.aggregate.change import (
     DECIMAL,
     Change,
     Decoder,
-    Extreme,
     RecordError,
     RowKey,
-    number,
     stamp_text,
 )
 from sinks.aggregate.config import AggregateSinkConfig
+from sinks.aggregate.extremes import raise_extremes
 from sinks.aggregate.metrics import SinkMetrics
 from sinks.aggregate.plan import (
     ITEM,
@@ -57,6 +56,7 @@ from sinks.aggregate.tables import (
     Tables,
     Unreachable,
     check_sources,
+    describe,
     error_code,
     unreachable,
 )
@@ -65,7 +65,6 @@ MAX_ROUNDS = 8  # transaction rounds per send() before the rest is left to the r
 THROTTLED_PAUSE_S = 1.0  # retry_after asked for when DynamoDB throttles
 UNREACHABLE_MEMORY_S = 1.0  # a failed preparation is not tried again sooner by other lanes
 BATCH_GET_KEYS = 100  # DynamoDB's BatchGetItem limit
-EXTREME_CONCURRENCY = 8
 _REASON_LIMIT = 500
 
 
@@ -79,10 +78,6 @@ class _Outage(Exception):
 
 class _Refused(Exception):
     """DynamoDB refused a transaction of several moves as invalid: split it."""
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:_REASON_LIMIT]
 
 
 class AggregateSink:
@@ -174,8 +169,13 @@ class AggregateSink:
 
         latest = {item: self._latest(changes) for item, changes in entries.items()}
         outcome = await self._apply(latest)
-        done = {item for item in entries if item not in outcome}
-        outcome.update(await self._raise_extremes(entries, done))
+        done = [
+            (item, c)
+            for item, changes in entries.items()
+            if item not in outcome
+            for _, c in changes
+        ]
+        outcome.update(await raise_extremes(self._client, self.writer, self.metrics, done))
         for item, failure in outcome.items():
             for index, _ in entries[item]:
                 failures[index] = failure
@@ -273,16 +273,16 @@ class AggregateSink:
                 self._cancelled(tx, exc, states, counts, pending, failed)
                 return False
             if unreachable(exc):
-                raise _Outage(_describe(exc), throttled=code in THROTTLE_CODES) from exc
+                raise _Outage(describe(exc), throttled=code in THROTTLE_CODES) from exc
             if code == "ValidationException":
                 # DynamoDB refuses a change of the transaction (a sum beyond 38 digits, say)
                 if len(tx.moves) > 1:
                     raise _Refused from exc
-                self._refuse(tx, Owner(move=0), _describe(exc), pending, failed)
+                self._refuse(tx, Owner(move=0), describe(exc), pending, failed)
                 return False
             raise
         except NETWORK_ERRORS as exc:
-            raise _Outage(_describe(exc), throttled=False) from exc
+            raise _Outage(describe(exc), throttled=False) from exc
         self.metrics.transactions.inc()
         anomalies = self.metrics.anomalies
         for move in tx.moves:
@@ -411,10 +411,10 @@ class AggregateSink:
             except ClientError as exc:
                 if unreachable(exc):
                     throttled = error_code(exc) in THROTTLE_CODES
-                    raise _Outage(_describe(exc), throttled=throttled) from exc
+                    raise _Outage(describe(exc), throttled=throttled) from exc
                 raise
             except NETWORK_ERRORS as exc:
-                raise _Outage(_describe(exc), throttled=False) from exc
+                raise _Outage(describe(exc), throttled=False) from exc
             for table, items in answer.get("Responses", {}).items():
                 found.extend((table, item) for item in items)
             request = answer.get("UnprocessedKeys") or {}
@@ -423,58 +423,6 @@ class AggregateSink:
             self.metrics.throttles.inc()
             await anyio.sleep(random.uniform(0, min(1.0, 0.05 * 2**attempt)))
         raise _Outage("BatchGetItem left keys unprocessed 8 times", throttled=True)
-
-    # -- min, max, latest -----------------------------------------------------------------
-
-    async def _raise_extremes(
-        self, entries: dict[str, list[tuple[int, Change]]], done: set[str]
-    ) -> dict[str, Failure]:
-        """Offer every change's min/max/latest candidates of the delivered items to their
-        rows; conditional updates make this idempotent. Items whose update could not be
-        made are returned as retryable failures."""
-        best: dict[tuple[RowKey, str], Extreme] = {}
-        owners: dict[tuple[RowKey, str], set[str]] = {}
-        for item in done:
-            for _, change in entries[item]:
-                for extreme in change.extremes:
-                    slot = (extreme.row, extreme.measure)
-                    owners.setdefault(slot, set()).add(item)
-                    current = best.get(slot)
-                    if current is None or _better(extreme, current):
-                        best[slot] = extreme
-        if not best:
-            return {}
-        failed: dict[str, Failure] = {}
-        limiter = anyio.CapacityLimiter(EXTREME_CONCURRENCY)
-
-        async def offer(slot: tuple[RowKey, str], extreme: Extreme) -> None:
-            update = self.writer.extreme_update(
-                extreme.row, extreme.measure, extreme.kind, extreme.value, stamp_text(extreme.stamp)
-            )
-            async with limiter:
-                try:
-                    await self._client.update_item(**update)
-                except ClientError as exc:
-                    if error_code(exc) == "ConditionalCheckFailedException":
-                        return  # the row holds a better value, or no longer exists
-                    if error_code(exc) in THROTTLE_CODES:
-                        self.metrics.throttles.inc()
-                    retryable = unreachable(exc)
-                    failed.update(dict.fromkeys(owners[slot], Failure(retryable, _describe(exc))))
-                except NETWORK_ERRORS as exc:
-                    failed.update(dict.fromkeys(owners[slot], Failure(True, _describe(exc))))
-
-        async with anyio.create_task_group() as tg:
-            for slot, extreme in best.items():
-                tg.start_soon(offer, slot, extreme)
-        return failed
-
-
-def _better(candidate: Extreme, current: Extreme) -> bool:
-    if candidate.kind == "latest":
-        return candidate.stamp > current.stamp
-    a, b = number(candidate.value["N"]), number(current.value["N"])
-    return a < b if candidate.kind == "min" else a > b
 
 
 def build(name: str, config: AggregateSinkConfig, context: SinkContext) -> AggregateSink:

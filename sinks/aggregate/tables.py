@@ -49,6 +49,11 @@ class Unreachable(Exception):
     """DynamoDB could not be asked (network, 5xx, throttling): try again later."""
 
 
+def describe(exc: BaseException, limit: int = 500) -> str:
+    """An error as a short reason: its class and message."""
+    return f"{type(exc).__name__}: {exc}"[:limit]
+
+
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
