@@ -154,6 +154,7 @@ class Worker:
                 logger=logging.getLogger(f"fanout.sink.{name}"),
                 aws=self.aws,
                 http=self.http,
+                streams={s: self.settings.streams[s] for s in cfg.streams or self.settings.streams},
             )
             sinks[name] = entry.build(name, cfg, context)
         return sinks

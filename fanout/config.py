@@ -453,6 +453,7 @@ def build_config(data: dict[str, Any], registry: SinkRegistry | None = None) -> 
         if dl.type == "sink" and (dl.sink not in settings.sinks or dl.sink == name):
             raise ConfigError(f"{prefix}.dead_letter.sink", f"unknown sink {dl.sink!r}")
         entry.check(name, cfg, prefix)
+        entry.check_settings(name, cfg, prefix, settings)
         sink_configs[name] = cfg
         types[name] = entry
     return Config(settings, sink_configs, types)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -16,6 +16,7 @@ from fanout.records import Record
 
 if TYPE_CHECKING:
     from fanout.aws.clients import AwsClients
+    from fanout.config import Settings, StreamConfig
     from fanout.httpclient import HttpClient
     from fanout.observe.metrics import Metrics
 
@@ -60,12 +61,15 @@ class SinkContext:
             process's credentials, for requests signed by hand with
             ``fanout.aws.signer.Signer.sign``.
         http: the shared aiohttp session (``http.session()``), for HTTP destinations.
+        streams: the configurations of the streams that feed the sink, by name (empty
+            outside a worker), for start-up checks of the sources (e.g. their view type).
     """
 
     metrics: Metrics
     logger: logging.Logger
     aws: AwsClients
     http: HttpClient
+    streams: Mapping[str, StreamConfig] = field(default_factory=dict)
 
     @classmethod
     def standalone(
@@ -75,6 +79,7 @@ class SinkContext:
         metrics: Metrics | None = None,
         aws: AwsClients | None = None,
         http: HttpClient | None = None,
+        streams: Mapping[str, StreamConfig] | None = None,
     ) -> SinkContext:
         """A context for a sink built outside a worker (tests, command-line tools).
 
@@ -91,6 +96,7 @@ class SinkContext:
             logger=logging.getLogger(f"fanout.sink.{name}"),
             aws=aws if aws is not None else AwsClients(),
             http=http if http is not None else HttpClient(),
+            streams=dict(streams or {}),
         )
 
     async def aclose(self) -> None:
@@ -147,6 +153,10 @@ def _no_check(name: str, config: Any, path: str) -> None:
     return None
 
 
+def _no_settings_check(name: str, config: Any, path: str, settings: Settings) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class SinkType(Generic[C]):
     """How to validate and build one kind of sink.
@@ -157,11 +167,14 @@ class SinkType(Generic[C]):
         build: makes the sink from its name, validated config and context.
         check: extra start-up validation that needs no network (raise ConfigError naming
             the field; ``path`` is the sink's path in the config, e.g. ``sinks.audit``).
+        check_settings: like ``check``, for what depends on the rest of the configuration
+            (the streams, other sinks); called after ``check`` with the whole ``Settings``.
     """
 
     config: type[C]
     build: Callable[[str, C, SinkContext], Sink]
     check: Callable[[str, C, str], None] = _no_check
+    check_settings: Callable[[str, C, str, Settings], None] = _no_settings_check
 
 
 class SinkRegistry(Mapping[str, "SinkType[Any]"]):

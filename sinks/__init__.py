@@ -1,5 +1,6 @@
-"""Built-in sinks: ``handler``, ``file``, ``stdout``, ``opensearch`` (a package) and the
-notification sinks (``sns``, ``sqs``, ``eventbridge``, ``webhook``: ``sinks.notify``).
+"""Built-in sinks: ``handler``, ``file``, ``stdout``, ``opensearch`` and ``aggregate``
+(packages), and the notification sinks (``sns``, ``sqs``, ``eventbridge``, ``webhook``:
+``sinks.notify``).
 
 Each module holds a sink's config model (a ``fanout.config.SinkConfig`` subclass), the sink
 and a ``fanout.sink.SinkType``. They are registered in ``pyproject.toml`` under the

@@ -208,7 +208,58 @@ def _opensearch_target(
     )
 
 
+# DynamoDB Local's endpoint for the aggregate target; started only for its cases.
+_DYNAMODB: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def dynamodb_for_aggregate(request: pytest.FixtureRequest) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("kind") == "aggregate":
+        _DYNAMODB[:] = [request.getfixturevalue("dynamodb_local").endpoint_url]
+
+
+def _aggregate_target(
+    sink_type: SinkType[Any], tmp_path: Path, mp: pytest.MonkeyPatch
+) -> ContractTarget:
+    import boto3
+
+    (endpoint,) = _DYNAMODB
+    table = f"contract-{uuid.uuid4().hex[:12]}"
+    options: dict[str, Any] = {
+        "type": "aggregate",
+        "table": table,
+        "group_by": ["status"],
+        "measures": {"orders": "count", "total": {"sum": "total"}},
+        "region": "us-east-1",
+        "endpoint_url": endpoint,
+        "create_table": True,
+    }
+    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+
+    def arrived() -> list[str]:
+        # Each contract record is its own item: its state row names the change applied.
+        pages = client.get_paginator("scan").paginate(
+            TableName=f"{table}-fanout-state", ConsistentRead=True
+        )
+        return [row["event"]["S"] for page in pages for row in page["Items"]]
+
+    def poisoned(record: Record) -> Record:
+        # A group value DynamoDB cannot take as a partition key (over 2048 bytes).
+        record["dynamodb"]["NewImage"]["status"] = {"S": "x" * 3000}
+        return record
+
+    return ContractTarget(
+        sink_type,
+        options,
+        arrived,
+        broken_options={**options, "table": f"missing-{table}", "create_table": False},
+        poison=poisoned,
+    )
+
+
 TARGETS: dict[str, Callable[[SinkType[Any], Path, pytest.MonkeyPatch], ContractTarget]] = {
+    "aggregate": _aggregate_target,
     "file": _file_target,
     "stdout": _stdout_target,
     "handler": _handler_target,
