@@ -8,7 +8,6 @@ is honoured as Lambda does: the records from the lowest failed one on are retrie
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import time
 import uuid
@@ -21,6 +20,7 @@ import anyio.to_thread
 import orjson
 from pydantic import Field
 
+from fanout.codepath import import_module
 from fanout.config import Duration, SinkConfig
 from fanout.errors import ConfigError
 from fanout.records import Record
@@ -32,6 +32,12 @@ class HandlerSinkConfig(SinkConfig):
 
     type: Literal["handler"] = "handler"
     handler: str = Field(description="The function, as 'package.module:function'.")
+    code_path: str | None = Field(
+        None,
+        description="Directory put first on sys.path to import the handler from (Lambda's "
+        "task root); relative to the config file's directory. Default: the top-level "
+        "code_path, i.e. the config file's directory.",
+    )
     timeout: Duration = Field(
         30.0, gt=0, le=900, description="Seconds one call may take (as a Lambda timeout)."
     )
@@ -46,15 +52,15 @@ class HandlerSinkConfig(SinkConfig):
     )
 
 
-def load_handler(spec: str, path: str = "handler") -> Callable[..., Any]:
-    """Import ``package.module:function``; ConfigError naming ``path`` if that fails."""
+def load_handler(
+    spec: str, path: str = "handler", code_path: str | None = None
+) -> Callable[..., Any]:
+    """Import ``package.module:function`` (from ``code_path`` first, as Lambda imports from
+    its task root); ConfigError naming ``path`` if that fails."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(path, f"{spec!r} is not of the form 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(path, f"cannot import module {module_name!r}: {exc}") from exc
+    module = import_module(module_name, code_path, path)
     target: Any = module
     for part in attr.split("."):
         try:
@@ -103,7 +109,9 @@ class HandlerSink:
         self._is_async = False
 
     async def start(self) -> None:
-        self._fn = load_handler(self.config.handler, f"sinks.{self.name}.handler")
+        self._fn = load_handler(
+            self.config.handler, f"sinks.{self.name}.handler", self.config.code_path
+        )
         self._is_async = inspect.iscoroutinefunction(self._fn)
 
     async def send(self, batch: Sequence[Record]) -> Failures:
@@ -158,7 +166,7 @@ def batch_item_failures(result: Any, batch: Sequence[Record]) -> Failures:
 
 
 def _check(name: str, config: HandlerSinkConfig, path: str) -> None:
-    load_handler(config.handler, f"{path}.handler")
+    load_handler(config.handler, f"{path}.handler", config.code_path)
 
 
 def _build(name: str, config: HandlerSinkConfig, ctx: SinkContext) -> HandlerSink:
