@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from fanout.cli.loader import EXIT_FAILED, EXIT_OK, CommandError, add_config_option, load
+from fanout.cli.loader import EXIT_FAILED, EXIT_OK, CommandError, add_config_option, load_offline
 from fanout.errors import FanoutError
 
 if TYPE_CHECKING:
@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         CommandError: no config file, or an invalid one.
     """
-    config, path = load(args)
+    config, path = load_offline(args)  # no handler imports, no unused ${VAR}
     from fanout.observe.logs import REDACTOR, config_secrets
 
     REDACTOR.add(*config_secrets(config, path))  # destinations are printed masked like logs

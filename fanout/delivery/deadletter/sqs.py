@@ -40,6 +40,7 @@ from fanout.aws.sqs import (
     Message,
     SendFailure,
     SqsQueue,
+    queue_region,
 )
 from fanout.delivery.deadletter.base import Entry, Letter, PartialDeadLetterError, entry_key
 from fanout.errors import DeadLetterError
@@ -151,7 +152,7 @@ class SqsDeadLetter:
         return cls(
             dl.queue_url,
             clients=clients,
-            region=dl.region,
+            region=dl.region or queue_region(dl.queue_url),
             endpoint_url=dl.endpoint_url,
             overflow_dir=overflow_dir(config),
         )
