@@ -26,6 +26,14 @@ _PSEUDO = {
     "AWS::URLSuffix": "amazonaws.com",
 }
 _SUB_VAR = re.compile(r"\$\{([^}!]+)\}")
+_FUNCTIONS = ("AWS::Lambda::Function", "AWS::Serverless::Function")
+_NAME_PROPERTY = {
+    "AWS::DynamoDB::Table": "TableName",
+    "AWS::DynamoDB::GlobalTable": "TableName",
+    "AWS::SQS::Queue": "QueueName",
+    "AWS::SNS::Topic": "TopicName",
+    **dict.fromkeys(_FUNCTIONS, "FunctionName"),
+}
 
 
 class TemplateLoader(yaml.SafeLoader):
@@ -132,14 +140,14 @@ class Template:
         return None if unknown else result
 
     def resource_name(self, logical_id: str) -> str | None:
-        """The physical name a resource declares (TableName, QueueName, FunctionName)."""
+        """The physical name a table, queue, topic or function declares."""
         resource = self.resources.get(logical_id) or {}
+        key = _NAME_PROPERTY.get(str(resource.get("Type")))
         props = resource.get("Properties") or {}
-        for key in ("TableName", "QueueName", "FunctionName", "TopicName"):
-            if key in props:
-                found = self.resolve(props[key])
-                return None if found is None else str(found)
-        return None
+        if key is None or key not in props:
+            return None
+        found = self.resolve(props[key])
+        return None if found is None else str(found)
 
     def _get_att(self, logical_id: str, attribute: str) -> str | None:
         resource = self.resources.get(logical_id)
@@ -267,7 +275,9 @@ def read(data: dict[str, Any], report: Report) -> list[Trigger]:
                 _add(triggers, template, logical_id, name, at, mapping, source, report)
         elif kind == "AWS::Lambda::EventSourceMapping":
             mapping = dict(props)
-            source = template.source(mapping.pop("EventSourceArn", None), f"{where}.EventSourceArn")
+            source = template.source(
+                mapping.pop("EventSourceArn", None), f"{where}.Properties.EventSourceArn"
+            )
             if source is None:
                 report.note("event source mappings of other services are left out", logical_id)
                 continue
@@ -293,11 +303,18 @@ def read(data: dict[str, Any], report: Report) -> list[Trigger]:
 
 
 def _function_id(template: Template, target: Any) -> str | None:
+    """The logical id of the template's function that ``target`` (a FunctionName) names."""
+    functions = {
+        logical_id
+        for logical_id, resource in template.resources.items()
+        if isinstance(resource, dict) and resource.get("Type") in _FUNCTIONS
+    }
     if isinstance(target, dict):
         ref = target.get("Ref") or (target.get("Fn::GetAtt") or [None])[0]
-        return str(ref) if ref in template.resources else None
-    for logical_id in template.resources:
-        if target in (logical_id, template.resource_name(logical_id)):
+        return str(ref) if ref in functions else None
+    for logical_id in functions:
+        name = template.resource_name(logical_id)
+        if target == logical_id or (name is not None and target in (name, name.split(":")[-1])):
             return logical_id
     return None
 
@@ -318,14 +335,14 @@ def _add(
     )
     resolved: dict[str, Any] = {}
     for key, value in mapping.items():
-        if key in ("FilterCriteria", "DestinationConfig"):
-            resolved[key] = _resolve_deep(template, value)
-        else:
+        if _is_intrinsic(value):
             literal = template.resolve(value)
             if literal is None:
                 report.error(f"{where}.{key}", "cannot be resolved from the template alone")
                 continue
             resolved[key] = literal
+        else:
+            resolved[key] = _resolve_deep(template, value)
     triggers.append(
         Trigger(
             name=name,
@@ -337,6 +354,12 @@ def _add(
             mapping=resolved,
         )
     )
+
+
+def _is_intrinsic(value: Any) -> bool:
+    return (
+        isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("Ref", "Condition")
+    ) or (isinstance(value, dict) and len(value) == 1 and str(next(iter(value))).startswith("Fn::"))
 
 
 def _resolve_deep(template: Template, value: Any) -> Any:

@@ -89,6 +89,8 @@ def read(data: dict[str, Any], report: Report) -> list[Trigger]:
                 trigger.mapping[_MAPPING[key]] = value
             elif key in _AWS_NAMES:
                 trigger.mapping[key] = value
+            elif key[:1].isupper():  # another parameter by its AWS name: mapped or refused
+                trigger.mapping[key] = value
             elif key in _SOURCE:
                 trigger.source = _source(key, value, f"{where}.{key}", report)
             else:
