@@ -538,7 +538,7 @@ def build_config(
         raw_streams = data.get("streams")
         streams = set(raw_streams) if isinstance(raw_streams, dict) else None
         top = data.get("code_path") if isinstance(data.get("code_path"), str) else None
-    code_path = str(base / top) if top else str(base)
+    code_path = str((base / top).resolve()) if top else str(base)
 
     sink_configs: dict[str, SinkConfig] = {}
     types: dict[str, SinkType[Any]] = {}
@@ -589,7 +589,10 @@ def _build_sink(
         # A sink type that imports user code gets its code_path resolved against the
         # config file's directory, and the top-level one when it sets none.
         own = raw.get("code_path")
-        raw = {**raw, "code_path": str(base / own) if isinstance(own, str) else code_path}
+        raw = {
+            **raw,
+            "code_path": str((base / own).resolve()) if isinstance(own, str) else code_path,
+        }
     try:
         cfg = entry.config.model_validate(raw)
     except ValidationError as exc:

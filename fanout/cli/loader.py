@@ -249,7 +249,12 @@ def _describe_one(exc: BaseException) -> str | None:
     if isinstance(exc, ConfigError):
         return None
     if isinstance(exc, FanoutError):
-        return f"{type(exc).__name__}: {exc}"
+        # "dead-letter queue URL: <what botocore said>" -> "...: <what it means>"
+        text, cause = str(exc), exc.__cause__
+        inner = _describe_one(cause) if cause is not None else None
+        if inner is not None and str(cause) and str(cause) in text:
+            return text.replace(str(cause), inner)
+        return text or type(exc).__name__
     return None
 
 
