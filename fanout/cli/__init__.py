@@ -12,6 +12,7 @@ import orjson
 from fanout import __version__
 from fanout.cli import dlq, importer, status
 from fanout.cli.loader import (
+    EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
     CommandError,
@@ -90,8 +91,18 @@ def _run(args: argparse.Namespace) -> int:
     for note in config.notes:
         logging.getLogger("fanout.config").warning("config_note", extra={"note": note})
     from fanout.cli.preflight import check_streams
+    from fanout.errors import ConfigError
+    from fanout.observe import sentry
 
-    anyio.run(check_streams, config)
-    worker = Worker(config)
-    tune_gc()
-    return anyio.run(worker.run)
+    try:
+        reporter = sentry.setup()  # only when FANOUT_SENTRY_DSN is set
+    except ConfigError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from exc
+    try:
+        anyio.run(check_streams, config)
+        worker = Worker(config)
+        tune_gc()
+        return anyio.run(worker.run)
+    finally:
+        if reporter is not None:
+            reporter.close()
