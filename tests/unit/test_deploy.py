@@ -470,6 +470,43 @@ def test_the_lock_is_closed_under_dependencies():
     assert checked >= len(runtime_requirements()), "the lock and the environment diverged"
 
 
+def _runtime_closure() -> dict[str, str]:
+    """name -> installed version of every distribution the runtime needs here: the project's
+    dependencies and its ``sentry`` extra (the image has both), and theirs."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(r) for r in pyproject["dependencies"]]
+    todo += [Requirement(r) for r in pyproject["optional-dependencies"]["sentry"]]
+    env: dict[str, str] = {str(k): str(v) for k, v in default_environment().items()}
+    found: dict[str, str] = {}
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in found:
+            continue
+        dist = metadata.distribution(name)
+        found[name] = dist.version
+        for raw in dist.requires or []:
+            inner = Requirement(raw)
+            marker = inner.marker
+            extras = requirement.extras or {""}
+            if marker is None or any(marker.evaluate({**env, "extra": e}) for e in extras):
+                todo.append(inner)
+    return found
+
+
+def test_the_lock_pins_exactly_what_the_tests_run_with():
+    """The image installs what the tests ran with: regenerate the lock when this fails
+    (docs/operations.md, Regenerating the lock)."""
+    pinned = {name: str(version) for name, (version, _) in lock().items()}
+    installed = _runtime_closure()
+    drifted = {
+        name: (pinned.get(name), installed.get(name))
+        for name in set(pinned) | set(installed)
+        if pinned.get(name) != installed.get(name)
+    }
+    assert drifted == {}, f"deploy/requirements.lock has drifted (lock, tests): {drifted}"
+
+
 # -- Kubernetes ----------------------------------------------------------------------------------
 
 
