@@ -59,6 +59,7 @@ _ARN = re.compile(
 )
 _STREAM_RESOURCE = re.compile(r"^table/[A-Za-z0-9_.-]{3,255}/stream/[^/]+$")
 _SQS_PATH = re.compile(r"^/\d{1,12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$")
+_SQS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}(\.fifo)?$")
 
 
 def check_http_url(value: str, what: str = "URL") -> str:
@@ -217,6 +218,11 @@ class DeadLetterConfig(Model):
         None,
         description="SQS queue URL (type sqs): https://sqs.REGION.amazonaws.com/ACCOUNT_ID/NAME.",
     )
+    queue_name: str | None = Field(
+        None,
+        description="The queue's name (type sqs, instead of queue_url): its URL is looked up "
+        "with GetQueueUrl in the account of the worker's credentials.",
+    )
     region: str | None = Field(
         None,
         description="The queue's region (type sqs); default: the region its URL names, else "
@@ -232,6 +238,16 @@ class DeadLetterConfig(Model):
     def _queue_url(cls, value: str | None) -> str | None:
         return None if value is None else check_sqs_queue_url(value)
 
+    @field_validator("queue_name")
+    @classmethod
+    def _queue_name(cls, value: str | None) -> str | None:
+        if value is not None and not _SQS_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not an SQS queue name (1-80 letters, digits, - and _, "
+                "and .fifo at the end of a FIFO queue's)"
+            )
+        return value
+
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
@@ -239,8 +255,8 @@ class DeadLetterConfig(Model):
 
     @model_validator(mode="after")
     def _needs(self) -> DeadLetterConfig:
-        if self.type == "sqs" and not self.queue_url:
-            raise ValueError("type sqs needs 'queue_url'")
+        if self.type == "sqs" and (self.queue_url is None) == (self.queue_name is None):
+            raise ValueError("type sqs needs 'queue_url' or 'queue_name' (one of them)")
         if self.type == "sink" and not self.sink:
             raise ValueError("type sink needs 'sink'")
         return self

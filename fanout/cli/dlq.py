@@ -125,7 +125,7 @@ def destination(
     if kind == "sqs":
         from fanout.delivery.deadletter.sqs import SqsDeadLetter
 
-        if not dl.queue_url:
+        if not dl.queue_url and not dl.queue_name:
             raise ConfigError("--from", f"sink {sink!r} has no dead_letter.queue_url")
         return SqsDeadLetter.for_sink(config, sink, clients)
     return FileDeadLetter(Path(path) if path else config.dead_letter_path(sink))

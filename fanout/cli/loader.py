@@ -223,7 +223,7 @@ def _describe_one(exc: BaseException) -> str | None:
     )
 
     if isinstance(exc, NoRegionError):
-        return "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION), or `region` in the config"
+        return "no AWS region: set AWS_DEFAULT_REGION, or `region` in the config"
     if isinstance(exc, NoCredentialsError):
         return (
             "no AWS credentials found (environment, shared config and credentials files, "

@@ -106,7 +106,9 @@ def dead_letters(config: Config) -> list[DeadLetterStatus]:
             result.append(DeadLetterStatus(name, "file", str(path), records, last))
         elif dl.type == "sqs":
             result.append(
-                DeadLetterStatus(name, "sqs", _without_credentials(dl.queue_url), None, None)
+                DeadLetterStatus(
+                    name, "sqs", _without_credentials(dl.queue_url or dl.queue_name), None, None
+                )
             )
         else:
             result.append(DeadLetterStatus(name, "sink", f"sink:{dl.sink}", None, None))

@@ -65,7 +65,7 @@ def fanout_aws_env(
         "AWS_ENDPOINT_URL_DYNAMODB": fanout_dynamodb.endpoint_url,
         "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": fanout_dynamodb.endpoint_url,
     }
-    if not os.environ.get("AWS_DEFAULT_REGION") and not os.environ.get("AWS_REGION"):
+    if not os.environ.get("AWS_DEFAULT_REGION"):
         env["AWS_DEFAULT_REGION"] = "us-east-1"
     if not os.environ.get("AWS_ACCESS_KEY_ID"):
         env.update(_CREDENTIALS)

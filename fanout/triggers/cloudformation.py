@@ -4,9 +4,9 @@ functions' ``DynamoDB`` events, with their functions (``AWS::Lambda::Function``,
 
 Intrinsic functions are read as far as a template alone allows: ``!GetAtt Table.StreamArn``
 of a table with a ``TableName``, ``!Ref`` of a parameter with a ``Default``, ``!Sub`` with
-``AWS::Region``/``AWS::AccountId`` (these become ``${AWS_REGION}``/``${AWS_ACCOUNT_ID}``,
-resolved from the environment when the config is read). A stream that cannot be resolved is
-named with ``--table``.
+``AWS::Region``/``AWS::AccountId``. What only CloudFormation knows (the account, the region)
+is left out: a queue is then named by its ``QueueName`` (the worker looks up its URL), a
+table by its ``TableName``. A stream that cannot be resolved is named with ``--table``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fanout.config import parse_arn
 from fanout.triggers.model import Report, Source, Trigger
 
 _PSEUDO = {
-    "AWS::Region": "${AWS_REGION}",
+    "AWS::Region": "${AWS_DEFAULT_REGION}",
     "AWS::AccountId": "${AWS_ACCOUNT_ID}",
     "AWS::Partition": "aws",
     "AWS::URLSuffix": "amazonaws.com",
@@ -158,7 +158,7 @@ class Template:
         if name is None:
             return None
         if kind == "AWS::SQS::Queue" and attribute == "Arn":
-            return f"arn:aws:sqs:${{AWS_REGION}}:${{AWS_ACCOUNT_ID}}:{name}"
+            return f"arn:aws:sqs:${{AWS_DEFAULT_REGION}}:${{AWS_ACCOUNT_ID}}:{name}"
         if kind in ("AWS::DynamoDB::Table", "AWS::DynamoDB::GlobalTable") and attribute in (
             "StreamArn",
             "Arn",

@@ -114,6 +114,15 @@ def on_failure(destination: Any, where: str, report: Report) -> dict[str, Any] |
             "dead-letters into a file, an SQS queue or another sink (docs/delivery.md)",
         )
         return None
+    if "${" in destination:
+        # The template leaves the account (or region) to CloudFormation: name the queue, and
+        # the worker looks its URL up in its own account.
+        name = destination.rsplit(":", 1)[1]
+        region = parts["region"]
+        found: dict[str, Any] = {"type": "sqs", "queue_name": name}
+        if "${" not in destination.split(":")[3]:
+            found["region"] = region
+        return found
     url, region = sqs_queue_url(destination)
     return {"type": "sqs", "queue_url": url, "region": region}
 

@@ -238,6 +238,47 @@ def test_a_cloudformation_mapping_finds_its_function_and_table(tmp_path):
     assert "the code is in S3" in notes
 
 
+def test_a_queue_only_the_stack_can_place_is_named(tmp_path):
+    path = template(
+        tmp_path,
+        """
+        Resources:
+          Dlq:
+            Type: AWS::SQS::Queue
+            Properties: {QueueName: orders-dlq}
+          Fn:
+            Type: AWS::Serverless::Function
+            Properties:
+              Handler: app.run
+              Events:
+                S:
+                  Type: DynamoDB
+                  Properties:
+                    Stream: arn:aws:dynamodb:eu-west-1:123456789012:table/T/stream/2024
+                    DestinationConfig: {OnFailure: {Destination: !GetAtt Dlq.Arn}}
+          Other:
+            Type: AWS::Serverless::Function
+            Properties:
+              Handler: app.other
+              Events:
+                S:
+                  Type: DynamoDB
+                  Properties:
+                    Stream: arn:aws:dynamodb:eu-west-1:123456789012:table/T/stream/2024
+                    DestinationConfig:
+                      OnFailure:
+                        Destination: !Sub "arn:aws:sqs:eu-west-1:${AWS::AccountId}:other-dlq"
+        """,
+    )
+    sinks = imported(path, None)["sinks"]
+    assert sinks["Fn"]["dead_letter"] == {"type": "sqs", "queue_name": "orders-dlq"}
+    assert sinks["Other"]["dead_letter"] == {
+        "type": "sqs",
+        "queue_name": "other-dlq",
+        "region": "eu-west-1",
+    }
+
+
 def test_what_a_template_cannot_tell_is_named(tmp_path):
     path = template(
         tmp_path,
@@ -326,9 +367,7 @@ def test_files_that_are_not_trigger_files_are_read_as_configs(tmp_path):
     assert import_trigger_file(config) is None
 
 
-def test_fanout_import_prints_a_config_validate_accepts(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    monkeypatch.setenv("AWS_ACCOUNT_ID", "123456789012")
+def test_fanout_import_prints_a_config_validate_accepts(tmp_path, capsys):
     for name in ("triggers.json", "template.yaml", "serverless.yml"):
         assert main(["import", "--from", str(INTEGRATION / name), "--table", "Orders"]) == 0
         captured = capsys.readouterr()
