@@ -122,8 +122,7 @@ def fanout_dynamodb(dynamodb_local: local.DynamoDBLocal) -> Iterator[Any]:
 
     ddb = LocalDynamoDB(dynamodb_local)
     yield ddb
-    for client in ddb._clients.values():
-        client.close()
+    ddb.close()
 
 
 @pytest.fixture(scope="session")

@@ -144,10 +144,15 @@ class LocalDynamoDB:
         arn = answer["TableDescription"]["LatestStreamArn"]
         return LocalTable(self, name, real, names, view, arn)
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """Close the clients (the server keeps running)."""
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+
+    def stop(self) -> None:
+        """Close the clients and stop the server."""
+        self.close()
         self.server.stop()
 
     def __enter__(self) -> Self:
