@@ -13,7 +13,6 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -28,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fanout.errors import ConfigError
+from fanout.shapes import check_http_url, check_sqs_queue_url, check_stream_arn, is_sqs_queue_name
 from fanout.sink import SinkRegistry, SinkType
 
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -52,61 +52,6 @@ def parse_duration(value: Any) -> Any:
 
 # Float seconds; -1 means "unbounded" where a field says so.
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-_ARN = re.compile(
-    r"^arn:(?P<partition>aws[a-z-]*):(?P<service>[a-z0-9-]+):(?P<region>[a-z0-9-]*):"
-    r"(?P<account>\d{12}|):(?P<resource>.+)$"
-)
-_STREAM_RESOURCE = re.compile(r"^table/[A-Za-z0-9_.-]{3,255}/stream/[^/]+$")
-_SQS_PATH = re.compile(r"^/\d{1,12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$")
-_SQS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}(\.fifo)?$")
-
-
-def check_http_url(value: str, what: str = "URL") -> str:
-    """``value`` if it is an absolute ``http://`` or ``https://`` URL with a host."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http:// or https:// {what}")
-    return value
-
-
-def check_sqs_queue_url(value: str) -> str:
-    """``value`` if it has the shape of an SQS queue URL:
-    ``https://sqs.REGION.amazonaws.com/ACCOUNT_ID/QUEUE_NAME`` (any host, e.g. a local
-    emulator's)."""
-    check_http_url(value, "SQS queue URL")
-    if not _SQS_PATH.match(urlsplit(value).path):
-        raise ValueError(
-            f"{value!r} is not an SQS queue URL: its path must be /ACCOUNT_ID/QUEUE_NAME, "
-            "e.g. https://sqs.eu-west-1.amazonaws.com/123456789012/my-queue"
-        )
-    return value
-
-
-def parse_arn(value: str, service: str | None = None) -> dict[str, str]:
-    """The parts of an ARN (``partition``, ``service``, ``region``, ``account``,
-    ``resource``); ValueError when ``value`` is not one (of ``service``)."""
-    match = _ARN.match(value)
-    if not match:
-        raise ValueError(
-            f"{value!r} is not an ARN (arn:PARTITION:SERVICE:REGION:ACCOUNT_ID:RESOURCE)"
-        )
-    parts = match.groupdict()
-    if service is not None and parts["service"] != service:
-        raise ValueError(f"{value!r} is not an ARN of {service} (it is of {parts['service']})")
-    return parts
-
-
-def check_stream_arn(value: str) -> str:
-    """``value`` if it is a DynamoDB stream ARN
-    (``arn:aws:dynamodb:REGION:ACCOUNT_ID:table/NAME/stream/LABEL``)."""
-    parts = parse_arn(value, "dynamodb")
-    if not parts["region"] or not parts["account"] or not _STREAM_RESOURCE.match(parts["resource"]):
-        raise ValueError(
-            f"{value!r} is not a DynamoDB stream ARN "
-            "(arn:aws:dynamodb:REGION:ACCOUNT_ID:table/NAME/stream/LABEL)"
-        )
-    return value
 
 
 class Model(BaseModel):
@@ -241,7 +186,7 @@ class DeadLetterConfig(Model):
     @field_validator("queue_name")
     @classmethod
     def _queue_name(cls, value: str | None) -> str | None:
-        if value is not None and not _SQS_NAME.match(value):
+        if value is not None and not is_sqs_queue_name(value):
             raise ValueError(
                 f"{value!r} is not an SQS queue name (1-80 letters, digits, - and _, "
                 "and .fifo at the end of a FIFO queue's)"

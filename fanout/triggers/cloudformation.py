@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from fanout.config import parse_arn
+from fanout.shapes import parse_arn
 from fanout.triggers.model import Report, Source, Trigger
 
 _PSEUDO = {

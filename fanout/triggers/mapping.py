@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from fanout.config import parse_arn
+from fanout.shapes import parse_arn
 from fanout.triggers.model import Report, Source, Trigger, lambda_handler
 
 _POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")

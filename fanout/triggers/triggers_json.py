@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fanout.config import parse_arn
+from fanout.shapes import parse_arn
 from fanout.triggers.model import Report, Source, Trigger
 
 # Function settings, by the names this file uses.
