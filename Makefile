@@ -2,17 +2,23 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Stamps of finished installs (scripts/install-venv writes them only at the end, so an
+# interrupted or failed install is redone from a fresh venv, never half-trusted).
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck unit bench bench-compare schema deps system-deps clean
+.PHONY: run test lint typecheck unit bench bench-compare schema deps deps-run system-deps clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	touch $(STAMP)
+# What the demo needs: fanout and its runtime dependencies.
+$(RUN_STAMP): pyproject.toml scripts/install-venv
+	@sh scripts/install-venv $(VENV) $(PYTHON) $@ .
 
-deps: $(STAMP)
+# Everything the tests and the linters need.
+$(TEST_STAMP): pyproject.toml scripts/install-venv
+	@sh scripts/install-venv $(VENV) $(PYTHON) $@ '.[test]'
+
+deps: $(TEST_STAMP)
+deps-run: $(RUN_STAMP)
 
 # promtool (Debian's prometheus package) for the alert-rule tests.
 system-deps:
@@ -21,8 +27,11 @@ system-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
 	  || { echo "could not install prometheus (promtool); run: apt-get install prometheus" >&2; exit 1; }; }
 
-run: deps
-	$(BIN)/python -m fanout.testing.demo
+# One process under make: Ctrl-C reaches it with the terminal's process group, SIGTERM to make
+# is passed on by make, and SIGINT to make alone is noticed by the demo (--stop-with-parent).
+# It stops the worker, then DynamoDB Local, and exits.
+run: $(RUN_STAMP)
+	$(BIN)/python -m fanout.testing.demo --stop-with-parent
 
 lint: deps
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fanout.errors import ConfigError
+from fanout.shapes import check_http_url, check_sqs_queue_url, check_stream_arn, is_sqs_queue_name
 from fanout.sink import SinkRegistry, SinkType
 
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -129,6 +131,16 @@ class StreamConfig(Model):
     )
     max_shards: int = Field(1000, ge=1, description="Shards read concurrently at most.")
 
+    @field_validator("stream_arn")
+    @classmethod
+    def _stream_arn(cls, value: str | None) -> str | None:
+        return None if value is None else check_stream_arn(value)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value, "endpoint URL")
+
     @model_validator(mode="after")
     def _one_source(self) -> StreamConfig:
         if (self.table is None) == (self.stream_arn is None):
@@ -189,9 +201,23 @@ class DeadLetterConfig(Model):
         description="JSON lines file (type file); default: dlq-<sink>.jsonl next to the "
         "checkpoint database.",
     )
-    queue_url: str | None = Field(None, description="SQS queue URL (type sqs).")
-    region: str | None = None
-    endpoint_url: str | None = None
+    queue_url: str | None = Field(
+        None,
+        description="SQS queue URL (type sqs): https://sqs.REGION.amazonaws.com/ACCOUNT_ID/NAME.",
+    )
+    queue_name: str | None = Field(
+        None,
+        description="The queue's name (type sqs, instead of queue_url): its URL is looked up "
+        "with GetQueueUrl in the account of the worker's credentials.",
+    )
+    region: str | None = Field(
+        None,
+        description="The queue's region (type sqs); default: the region its URL names, else "
+        "the environment's.",
+    )
+    endpoint_url: str | None = Field(
+        None, description="Another SQS endpoint (type sqs), e.g. a local emulator."
+    )
     sink: str | None = Field(None, description="Another configured sink (type sink).")
     file_mode: FileMode = Field(
         0o600,
@@ -199,10 +225,30 @@ class DeadLetterConfig(Model):
         "('0600'); an existing file keeps its own.",
     )
 
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_sqs_queue_url(value)
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue_name(cls, value: str | None) -> str | None:
+        if value is not None and not is_sqs_queue_name(value):
+            raise ValueError(
+                f"{value!r} is not an SQS queue name (1-80 letters, digits, - and _, "
+                "and .fifo at the end of a FIFO queue's)"
+            )
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value, "endpoint URL")
+
     @model_validator(mode="after")
     def _needs(self) -> DeadLetterConfig:
-        if self.type == "sqs" and not self.queue_url:
-            raise ValueError("type sqs needs 'queue_url'")
+        if self.type == "sqs" and (self.queue_url is None) == (self.queue_name is None):
+            raise ValueError("type sqs needs 'queue_url' or 'queue_name' (one of them)")
         if self.type == "sink" and not self.sink:
             raise ValueError("type sink needs 'sink'")
         return self
@@ -275,6 +321,12 @@ class Settings(BaseSettings):
         description="Sinks by name; each has a `type` and that type's options."
     )
     checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    code_path: str | None = Field(
+        None,
+        description="Directory put first on sys.path to import handlers from, like Lambda's "
+        "task root (handler code and its dependencies live there); relative to the config "
+        "file's directory, which is the default. Each handler sink can set its own.",
+    )
     http: HttpConfig = Field(default_factory=HttpConfig)
     shutdown_grace: Duration = Field(
         30.0,
@@ -319,10 +371,16 @@ class Config:
         settings: Settings,
         sinks: dict[str, SinkConfig],
         types: dict[str, SinkType[Any]] | None = None,
+        *,
+        code_path: str | None = None,
     ) -> None:
         self.settings = settings
         self.sinks = sinks
         self.types = types or {}
+        self.code_path = code_path or str(Path.cwd())
+        """The resolved top-level ``code_path`` (an absolute directory)."""
+        self.notes: list[str] = []
+        """What loading it noted (settings of a trigger file that are ignored here)."""
 
     def sink_type(self, name: str) -> SinkType[Any]:
         """The type of the sink called ``name``."""
@@ -344,7 +402,25 @@ class Config:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _substitute(value: Any, path: str, env: dict[str, str]) -> Any:
+class Unresolved:
+    """Collects the ``${VAR}`` references that had no value, instead of failing on the first
+    (for commands that use only part of the config; see ``read_yaml``)."""
+
+    def __init__(self) -> None:
+        self.refs: dict[str, str] = {}  # config path -> variable name
+
+    def errors(self, paths: set[str] | None = None) -> list[ConfigError]:
+        """An error per unresolved reference (at ``paths`` only, when given)."""
+        return [
+            ConfigError(path, f"environment variable {name} is not set")
+            for path, name in self.refs.items()
+            if paths is None or path in paths
+        ]
+
+
+def _substitute(
+    value: Any, path: str, env: dict[str, str], unresolved: Unresolved | None = None
+) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of the parsed YAML."""
     if isinstance(value, str):
 
@@ -354,14 +430,27 @@ def _substitute(value: Any, path: str, env: dict[str, str]) -> Any:
                 return env[name]
             if default is not None:
                 return default
-            raise ConfigError(path, f"environment variable {name} is not set")
+            if unresolved is None:
+                raise ConfigError(path, f"environment variable {name} is not set")
+            unresolved.refs[path] = name
+            return match.group(0)
 
         return _VAR.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _substitute(v, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
+        return {
+            k: _substitute(v, f"{path}.{k}" if path else str(k), env, unresolved)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_substitute(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+        return [_substitute(v, f"{path}[{i}]", env, unresolved) for i, v in enumerate(value)]
     return value
+
+
+def substitute(data: dict[str, Any], unresolved: Unresolved | None = None) -> dict[str, Any]:
+    """``data`` with every ``${VAR}`` reference replaced from the environment (see
+    ``read_yaml``)."""
+    result: dict[str, Any] = _substitute(data, "", dict(os.environ), unresolved)
+    return result
 
 
 def _loc(prefix: str, loc: tuple[int | str, ...]) -> str:
@@ -374,22 +463,40 @@ def _loc(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
+def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    # Drop pydantic's "function-after[...]" style loc parts of model validators.
+    return tuple(p for p in loc if not (isinstance(p, str) and "[" in p))
+
+
+def _errors_of(exc: ValidationError, prefix: str = "") -> list[ConfigError]:
+    """One ConfigError per error pydantic found, each naming its field."""
+    return [
+        ConfigError(
+            _loc(prefix, _clean_loc(error["loc"])), error["msg"].removeprefix("Value error, ")
+        )
+        for error in exc.errors()
+    ]
+
+
+def combine(errors: list[ConfigError]) -> ConfigError:
+    """One ConfigError that reports every error of ``errors``, one per line (its ``path`` is
+    the first one's)."""
+    lines = [line for error in errors for line in str(error).splitlines()]
+    combined = ConfigError(errors[0].path, "; ".join(lines))
+    combined.args = ("\n".join(lines),)
+    return combined
+
+
 def _from_validation_error(exc: ValidationError, prefix: str = "") -> ConfigError:
-    lines = []
-    for error in exc.errors():
-        # Drop pydantic's "function-after[...]" style loc parts of model validators.
-        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{_loc(prefix, loc)}: {message}")
-    first = exc.errors()[0]
-    path = _loc(prefix, tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p)))
-    err = ConfigError(path, "; ".join(lines))
-    err.args = ("\n".join(lines),)
-    return err
+    return combine(_errors_of(exc, prefix))
 
 
-def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse the YAML config file and substitute ``${VAR}`` references."""
+def read_yaml(path: str | os.PathLike[str], unresolved: Unresolved | None = None) -> dict[str, Any]:
+    """Parse the YAML config file and substitute ``${VAR}`` references.
+
+    A reference to a variable that is not set (and has no default) is an error, unless
+    ``unresolved`` is given: then it stays as it is and is noted there.
+    """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -403,66 +510,145 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = {}
     if not _is_str_mapping(data):
         raise ConfigError("", f"{file} must hold a mapping at the top level")
-    result: dict[str, Any] = _substitute(data, "", dict(os.environ))
+    result: dict[str, Any] = _substitute(data, "", dict(os.environ), unresolved)
     return result
 
 
-def build_config(data: dict[str, Any], registry: SinkRegistry | None = None) -> Config:
+def build_config(
+    data: dict[str, Any],
+    registry: SinkRegistry | Mapping[str, SinkType[Any]] | None = None,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    check: bool = True,
+) -> Config:
     """Validate raw settings (YAML data; the environment overrides it) into a Config.
+
+    Every error found is reported at once (one line each, naming its field): the settings'
+    own, then each sink's (its type, options, streams, filters, dead letter and its type's
+    start-up check, e.g. that a handler imports).
 
     Args:
         data: the parsed YAML file.
         registry: where sink types are looked up; default: the ``fanout.sinks`` entry points
             (the built-in sinks and every installed plugin).
+        base_dir: the config file's directory: relative ``code_path`` values are relative to
+            it, and it is the default ``code_path`` (default: the working directory).
+        check: run each sink type's start-up check (False: options are validated, nothing
+            is imported).
     """
-    from fanout import filters
-
     registry = SinkRegistry() if registry is None else registry
+    base = Path(base_dir if base_dir is not None else Path.cwd()).resolve()
+    errors: list[ConfigError] = []
+    settings: Settings | None
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        raise _from_validation_error(exc) from None
+        errors.extend(_errors_of(exc))
+        settings = None
+    if settings is not None:
+        raw_sinks: dict[str, Any] = settings.sinks
+        streams: set[str] | None = set(settings.streams)
+        top = settings.code_path
+    else:  # still check every sink that can be checked
+        given = data.get("sinks")
+        raw_sinks = given if isinstance(given, dict) else {}
+        raw_streams = data.get("streams")
+        streams = set(raw_streams) if isinstance(raw_streams, dict) else None
+        top = data.get("code_path") if isinstance(data.get("code_path"), str) else None
+    code_path = str((base / top).resolve()) if top else str(base)
 
     sink_configs: dict[str, SinkConfig] = {}
     types: dict[str, SinkType[Any]] = {}
-    for name, raw in settings.sinks.items():
-        prefix = f"sinks.{name}"
-        kind = raw.get("type")
-        if not isinstance(kind, str):
-            raise ConfigError(f"{prefix}.type", "missing sink type")
+    for name, raw in raw_sinks.items():
+        if not isinstance(raw, dict):
+            continue  # pydantic reported it
         try:
-            entry = registry[kind]
-        except KeyError:
-            raise ConfigError(f"{prefix}.type", f"unknown sink type {kind!r}") from None
+            cfg, entry = _build_sink(name, raw, registry, base, code_path, streams, raw_sinks)
+            if check:
+                entry.check(name, cfg, f"sinks.{name}")
+                if settings is not None:
+                    entry.check_settings(name, cfg, f"sinks.{name}", settings)
         except ConfigError as exc:
-            raise ConfigError(f"{prefix}.type", exc.message) from exc
-        try:
-            cfg = entry.config.model_validate(raw)
-        except ValidationError as exc:
-            raise _from_validation_error(exc, prefix) from None
-        if not isinstance(cfg, SinkConfig):
-            raise ConfigError(
-                f"{prefix}.type", f"sink type {kind!r}: its config model is not a SinkConfig"
-            )
-        for stream in cfg.streams or ():
-            if stream not in settings.streams:
-                raise ConfigError(f"{prefix}.streams", f"unknown stream {stream!r}")
-        if cfg.filters is not None:
-            filters.compile_filters(cfg.filters, path=f"{prefix}.filters")
-        dl = cfg.dead_letter
-        if dl.type == "sink" and (dl.sink not in settings.sinks or dl.sink == name):
-            raise ConfigError(f"{prefix}.dead_letter.sink", f"unknown sink {dl.sink!r}")
-        entry.check(name, cfg, prefix)
-        entry.check_settings(name, cfg, prefix, settings)
+            errors.append(exc)
+            continue
         sink_configs[name] = cfg
         types[name] = entry
-    return Config(settings, sink_configs, types)
+    if errors:
+        raise combine(errors)
+    assert settings is not None
+    return Config(settings, sink_configs, types, code_path=code_path)
+
+
+def _build_sink(
+    name: str,
+    raw: dict[str, Any],
+    registry: Mapping[str, SinkType[Any]],
+    base: Path,
+    code_path: str,
+    streams: set[str] | None,
+    sinks: dict[str, Any],
+) -> tuple[SinkConfig, SinkType[Any]]:
+    """One sink's typed config and its type; ConfigError with every error found."""
+    from fanout import filters
+
+    prefix = f"sinks.{name}"
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise ConfigError(f"{prefix}.type", "missing sink type")
+    try:
+        entry = registry[kind]
+    except KeyError:
+        valid = ", ".join(registry)
+        raise ConfigError(
+            f"{prefix}.type", f"unknown sink type {kind!r}; the types are: {valid}"
+        ) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix}.type", exc.message) from exc
+    if "code_path" in entry.config.model_fields:
+        # A sink type that imports user code gets its code_path resolved against the
+        # config file's directory, and the top-level one when it sets none.
+        own = raw.get("code_path")
+        raw = {
+            **raw,
+            "code_path": str((base / own).resolve()) if isinstance(own, str) else code_path,
+        }
+    try:
+        cfg = entry.config.model_validate(raw)
+    except ValidationError as exc:
+        raise _from_validation_error(exc, prefix) from None
+    if not isinstance(cfg, SinkConfig):
+        raise ConfigError(
+            f"{prefix}.type", f"sink type {kind!r}: its config model is not a SinkConfig"
+        )
+    errors: list[ConfigError] = []
+    for stream in cfg.streams or ():
+        if streams is not None and stream not in streams:
+            errors.append(ConfigError(f"{prefix}.streams", f"unknown stream {stream!r}"))
+    if cfg.filters is not None:
+        try:
+            filters.compile_filters(cfg.filters, path=f"{prefix}.filters")
+        except ConfigError as exc:
+            errors.append(exc)
+    dl = cfg.dead_letter
+    if dl.type == "sink" and (dl.sink not in sinks or dl.sink == name):
+        errors.append(ConfigError(f"{prefix}.dead_letter.sink", f"unknown sink {dl.sink!r}"))
+    if errors:
+        raise combine(errors)
+    return cfg, entry
 
 
 def load_config(
-    path: str | os.PathLike[str] | None, registry: SinkRegistry | None = None
+    path: str | os.PathLike[str] | None,
+    registry: SinkRegistry | None = None,
+    *,
+    check: bool = True,
 ) -> Config:
-    """Read the YAML file (``path`` or ``$FANOUT_CONFIG``), apply the environment, validate."""
+    """Read the YAML file (``path`` or ``$FANOUT_CONFIG``), apply the environment, validate.
+
+    The file's directory is the default ``code_path`` (and what relative ones are relative
+    to), as Lambda's task root is for a function's handler.
+    """
     path = path or os.environ.get("FANOUT_CONFIG")
     data = read_yaml(path) if path else {}
-    return build_config(data, registry)
+    base = Path(path).resolve().parent if path else None
+    return build_config(data, registry, base_dir=base, check=check)

@@ -35,6 +35,7 @@ import anyio
 import orjson
 from pydantic import Field
 
+from fanout.codepath import add_to_sys_path
 from fanout.config import Duration, SinkConfig
 from fanout.errors import CallTimeout, ConfigError
 from fanout.isolation import Offload, own_cancellation
@@ -79,6 +80,12 @@ class HandlerSinkConfig(SinkConfig):
 
     type: Literal["handler"] = "handler"
     handler: str = Field(description="The function, as 'package.module:function'.")
+    code_path: str | None = Field(
+        None,
+        description="Directory put first on sys.path to import the handler from (Lambda's "
+        "task root); relative to the config file's directory. Default: the top-level "
+        "code_path, i.e. the config file's directory.",
+    )
     timeout: Duration = Field(
         30.0,
         gt=0,
@@ -126,10 +133,13 @@ class HandlerSinkConfig(SinkConfig):
         return DEFAULT_PROCESSES if self.isolation == "process" else DEFAULT_THREADS
 
 
-def load_handler(spec: str, path: str = "handler") -> Callable[..., Any]:
-    """Import ``package.module:function``; ConfigError naming ``path`` if that fails."""
+def load_handler(
+    spec: str, path: str = "handler", code_path: str | None = None
+) -> Callable[..., Any]:
+    """Import ``package.module:function`` (from ``code_path`` first, as Lambda imports from
+    its task root); ConfigError naming ``path`` if that fails."""
     try:
-        return load_function(spec)
+        return load_function(spec, code_path)
     except LoadError as exc:
         raise ConfigError(path, str(exc)) from exc
 
@@ -164,6 +174,9 @@ class HandlerSink:
         config = self.config
         path = f"sinks.{self.name}.handler"
         if config.isolation == "process":
+            if config.code_path is not None:
+                # The worker processes get this process's sys.path, code_path first.
+                add_to_sys_path(config.code_path)
             pool = ProcessPool(
                 self.name,
                 config.handler,
@@ -176,7 +189,7 @@ class HandlerSink:
                 raise ConfigError(path, str(exc)) from None
             self._pool = pool
             return
-        self._fn = load_handler(config.handler, path)
+        self._fn = load_handler(config.handler, path, config.code_path)
         self._is_async = is_async(self._fn)
         if not self._is_async:
             self._threads = Offload(config.concurrency, f"fanout-handler-{self.name}")
@@ -324,6 +337,8 @@ def _check(name: str, config: HandlerSinkConfig, path: str) -> None:
                 f"{path}.handler",
                 f"{config.handler!r} is not of the form 'package.module:function'",
             )
+        if config.code_path is not None:
+            add_to_sys_path(config.code_path)
         try:
             found = importlib.util.find_spec(module)
         except (ImportError, ValueError) as exc:
@@ -331,7 +346,7 @@ def _check(name: str, config: HandlerSinkConfig, path: str) -> None:
         if found is None:
             raise ConfigError(f"{path}.handler", f"cannot find module {module!r}")
         return
-    load_handler(config.handler, f"{path}.handler")
+    load_handler(config.handler, f"{path}.handler", config.code_path)
 
 
 def _build(name: str, config: HandlerSinkConfig, ctx: SinkContext) -> HandlerSink:

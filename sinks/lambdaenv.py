@@ -8,7 +8,6 @@ library and orjson: a worker process starts in a fraction of the worker's start-
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import time
 import uuid
@@ -16,6 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+from fanout.codepath import import_module
+from fanout.errors import ConfigError
 
 
 class LoadError(Exception):
@@ -42,8 +44,9 @@ class InvalidResponse(Exception):
     ``batchItemFailures`` that names no record of the batch. The whole batch failed."""
 
 
-def load_function(spec: str) -> Callable[..., Any]:
-    """Import ``package.module:function`` (``function`` may be dotted: ``Class.method``).
+def load_function(spec: str, code_path: str | None = None) -> Callable[..., Any]:
+    """Import ``package.module:function`` (``function`` may be dotted: ``Class.method``),
+    looking in ``code_path`` first as Lambda looks in its task root.
 
     Raises:
         LoadError: the spec is malformed, the module cannot be imported, or the target is
@@ -53,9 +56,9 @@ def load_function(spec: str) -> Callable[..., Any]:
     if not sep or not module_name or not attr:
         raise LoadError(f"{spec!r} is not of the form 'package.module:function'")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise LoadError(f"cannot import module {module_name!r}: {exc}") from exc
+        module = import_module(module_name, code_path)
+    except ConfigError as exc:
+        raise LoadError(exc.message) from exc
     target: Any = module
     for part in attr.split("."):
         try:

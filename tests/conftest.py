@@ -22,6 +22,9 @@ from fanout.testing import dynamodb_local as local
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
 
+# A user's project with its own pytest.ini; test_sample_project.py runs it as its own session.
+collect_ignore = ["sample_project"]
+
 
 def unique_name(request: pytest.FixtureRequest, prefix: str, limit: int = 80) -> str:
     """A resource name unique per call that still says which test made it."""
@@ -110,6 +113,17 @@ def dynamodb_local(aws_env: None) -> Iterator[local.DynamoDBLocal]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def fanout_dynamodb(dynamodb_local: local.DynamoDBLocal) -> Iterator[Any]:
+    """The pytest plugin's DynamoDB Local (fanout.testing.pytest_plugin) is this session's
+    one, so the plugin's fixtures start no second Java process."""
+    from fanout.testing.local import LocalDynamoDB
+
+    ddb = LocalDynamoDB(dynamodb_local)
+    yield ddb
+    ddb.close()
 
 
 @pytest.fixture(scope="session")

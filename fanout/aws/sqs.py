@@ -21,9 +21,11 @@ refuses larger messages itself (a sender fault).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
@@ -48,6 +50,22 @@ TRANSPORT_ERRORS = (
 )
 """What a call to SQS raises when it fails (an answer botocore cannot parse, such as a
 proxy's HTML error page, too)."""
+
+
+_QUEUE_HOST = re.compile(
+    r"^(?:sqs[.-](?P<region>[a-z0-9-]+)|(?P<legacy>[a-z]{2}(?:-[a-z]+)+-\d+)\.queue)"
+    r"\.amazonaws\.com(?:\.cn)?$"
+)
+
+
+def queue_region(queue_url: str) -> str | None:
+    """The region an AWS queue URL names (``https://sqs.eu-west-1.amazonaws.com/...``, or the
+    legacy ``https://eu-west-1.queue.amazonaws.com/...``); None for other hosts."""
+    host = urlsplit(queue_url).hostname or ""
+    match = _QUEUE_HOST.match(host)
+    if match is None:
+        return None
+    return match.group("region") or match.group("legacy")
 
 
 class SqsApi(Protocol):

@@ -1,16 +1,26 @@
-"""Command line: ``fanout run|validate|schema|status|dlq``."""
+"""Command line: ``fanout run|validate|schema|status|dlq|import``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 import orjson
 
 from fanout import __version__
-from fanout.cli import dlq, status
-from fanout.cli.loader import EXIT_OK, CommandError, add_config_option, load, report
+from fanout.cli import dlq, importer, status
+from fanout.cli.loader import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandError,
+    add_config_option,
+    describe,
+    load,
+    report,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the JSON Schema of the config file")
     dlq.add_parser(sub)
     status.add_parser(sub)
+    importer.add_parser(sub)
     return parser
 
 
@@ -40,13 +51,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return dlq.run(args)
         if args.command == "status":
             return status.run(args)
+        if args.command == "import":
+            return importer.run(args)
         if args.command == "validate":
             config, _ = load(args)
+            for note in config.notes:
+                print(f"fanout: note: {note}", file=sys.stderr)
             print(f"ok: {len(config.streams)} stream(s), {len(config.sinks)} sink(s)")
             return EXIT_OK
         return _run(args)
     except CommandError as exc:
         return report(exc)
+    except Exception as exc:
+        # AWS, the network, files: one line, exit code 1 (a bug keeps its traceback).
+        line = describe(exc)
+        if line is None:
+            raise
+        return report(CommandError(line, EXIT_FAILED))
 
 
 def _schema() -> int:
@@ -68,10 +89,25 @@ def _run(args: argparse.Namespace) -> int:
     settings = config.settings
     secrets = logs.config_secrets(config, path)
     logs.setup(args.log_format or settings.log_format, settings.log_level, secrets=secrets)
-    worker = Worker(config)
-    tune_gc()
-    code = anyio.run(worker.run)
-    worker.exit_deadline.cancel()
+    for note in config.notes:
+        logging.getLogger("fanout.config").warning("config_note", extra={"note": note})
+    from fanout.cli.preflight import check_streams
+    from fanout.errors import ConfigError
+    from fanout.observe import sentry
+
+    try:
+        reporter = sentry.setup()  # only when FANOUT_SENTRY_DSN is set
+    except ConfigError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from exc
+    try:
+        anyio.run(check_streams, config)
+        worker = Worker(config)
+        tune_gc()
+        code = anyio.run(worker.run)
+        worker.exit_deadline.cancel()
+    finally:
+        if reporter is not None:
+            reporter.close()
     # Checkpoints are written; a thread stuck for good (a hung disk) must not keep the
     # process from ending.
     return exit_now_if_stuck(code)

@@ -44,6 +44,7 @@ from fanout.cli.loader import (
     EXIT_OK,
     CommandError,
     add_config_option,
+    describe,
     load,
 )
 from fanout.config import Config, SinkConfig
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from exc
     except FanoutError as exc:
-        raise CommandError(f"{type(exc).__name__}: {exc}", EXIT_FAILED) from exc
+        raise CommandError(describe(exc) or f"{type(exc).__name__}: {exc}", EXIT_FAILED) from exc
 
 
 # -- where a sink's dead letters are ----------------------------------------------------------
@@ -124,7 +125,7 @@ def destination(
     if kind == "sqs":
         from fanout.delivery.deadletter.sqs import SqsDeadLetter
 
-        if not dl.queue_url:
+        if not dl.queue_url and not dl.queue_name:
             raise ConfigError("--from", f"sink {sink!r} has no dead_letter.queue_url")
         return SqsDeadLetter.for_sink(config, sink, clients)
     return FileDeadLetter(Path(path) if path else config.dead_letter_path(sink), mode=dl.file_mode)

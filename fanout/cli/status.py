@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from fanout.cli.loader import EXIT_FAILED, EXIT_OK, CommandError, add_config_option, load
+from fanout.cli.loader import EXIT_FAILED, EXIT_OK, CommandError, add_config_option, load_offline
 from fanout.errors import FanoutError
 
 if TYPE_CHECKING:
@@ -105,7 +105,9 @@ def dead_letters(config: Config) -> list[DeadLetterStatus]:
             result.append(DeadLetterStatus(name, "file", str(path), records, last))
         elif dl.type == "sqs":
             result.append(
-                DeadLetterStatus(name, "sqs", _without_credentials(dl.queue_url), None, None)
+                DeadLetterStatus(
+                    name, "sqs", _without_credentials(dl.queue_url or dl.queue_name), None, None
+                )
             )
         else:
             result.append(DeadLetterStatus(name, "sink", f"sink:{dl.sink}", None, None))
@@ -271,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         CommandError: no config file, or an invalid one.
     """
-    config, path = load(args)
+    config, path = load_offline(args)  # no handler imports, no unused ${VAR}
     from fanout.observe.logs import REDACTOR, config_secrets
 
     REDACTOR.add(*config_secrets(config, path))  # destinations are printed masked like logs

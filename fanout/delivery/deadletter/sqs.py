@@ -40,6 +40,7 @@ from fanout.aws.sqs import (
     Message,
     SendFailure,
     SqsQueue,
+    queue_region,
 )
 from fanout.delivery.deadletter.base import Entry, Letter, PartialDeadLetterError, entry_key
 from fanout.errors import DeadLetterError
@@ -107,7 +108,7 @@ class SqsDeadLetter:
     """Dead-letter entries as messages of one SQS queue (standard or FIFO).
 
     Args:
-        queue_url: the queue.
+        queue_url: the queue (None: looked up by ``queue_name`` when first used).
         clients: the process's AWS clients (the SQS client comes from there).
         region: its region (default: from the environment).
         endpoint_url: another endpoint, e.g. a local emulator.
@@ -119,9 +120,10 @@ class SqsDeadLetter:
 
     def __init__(
         self,
-        queue_url: str,
+        queue_url: str | None,
         *,
         clients: AwsClients,
+        queue_name: str | None = None,
         region: str | None = None,
         endpoint_url: str | None = None,
         overflow_dir: str | Path,
@@ -129,13 +131,18 @@ class SqsDeadLetter:
         attempts: int = 4,
         backoff: RetryPolicy | None = None,
     ) -> None:
-        self.queue_url = queue_url
+        given = queue_url or queue_name
+        if given is None:
+            raise ValueError("a queue URL or a queue name is needed")
+        # Until GetQueueUrl answered, messages name the queue by its name.
+        self.queue_url: str = given
+        self._queue_name = queue_name if queue_url is None else None
         self.clients = clients
         self.region = region
         self.endpoint_url = endpoint_url
         self.overflow_dir = Path(overflow_dir)
-        self.name = f"sqs:{queue_url}"
-        self.fifo = queue_url.endswith(".fifo")
+        self.name = f"sqs:{given}"
+        self.fifo = given.endswith(".fifo")
         self.attempts = max(1, attempts)
         self.backoff = backoff or RetryPolicy(0.2, 5.0)
         self._max_message_bytes = max_message_bytes
@@ -146,12 +153,13 @@ class SqsDeadLetter:
     def for_sink(cls, config: Config, sink: str, clients: AwsClients) -> SqsDeadLetter:
         """The destination of ``sink``'s ``dead_letter`` (type sqs) in ``config``."""
         dl = config.sinks[sink].dead_letter
-        if not dl.queue_url:
+        if not dl.queue_url and not dl.queue_name:
             raise DeadLetterError(f"sink {sink!r} has no dead_letter.queue_url")
         return cls(
             dl.queue_url,
+            queue_name=dl.queue_name,
             clients=clients,
-            region=dl.region,
+            region=dl.region or (queue_region(dl.queue_url) if dl.queue_url else None),
             endpoint_url=dl.endpoint_url,
             overflow_dir=overflow_dir(config),
         )
@@ -182,6 +190,12 @@ class SqsDeadLetter:
                     )
                 except TRANSPORT_ERRORS as exc:
                     raise DeadLetterError(f"dead-letter queue {self.queue_url}: {exc}") from exc
+                if self._queue_name is not None:
+                    try:
+                        found = await client.get_queue_url(QueueName=self._queue_name)
+                    except TRANSPORT_ERRORS as exc:
+                        raise DeadLetterError(f"dead-letter queue {self.queue_url}: {exc}") from exc
+                    self.queue_url, self._queue_name = str(found["QueueUrl"]), None
                 self._queue = SqsQueue(
                     client,
                     self.queue_url,

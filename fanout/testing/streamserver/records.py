@@ -168,8 +168,29 @@ def realistic_changes(
 
 
 def _number_size(text: str) -> int:
-    digits = text.lstrip("-").replace(".", "").strip("0") or "0"
-    return (len(digits) + 1) // 2 + 1
+    """Bytes a number takes: its digits in base-100 pairs aligned on the decimal point,
+    without leading or trailing zero pairs, plus one, plus one more when negative (zero is
+    one byte). This is what DynamoDB Local reports; AWS documents it as "1 byte per two
+    significant digits, plus 1"."""
+    negative = text.startswith("-")
+    whole, _, fraction = text.lstrip("+-").lower().partition("e")[0].partition(".")
+    whole = whole.lstrip("0")
+    fraction = fraction.rstrip("0")
+    if not whole and not fraction:
+        return 1
+    digits = whole.zfill(len(whole) + len(whole) % 2) + fraction.ljust(
+        len(fraction) + len(fraction) % 2, "0"
+    )
+    pairs = [digits[i : i + 2] for i in range(0, len(digits), 2)]
+    while pairs and pairs[0] == "00":
+        pairs.pop(0)
+    while pairs and pairs[-1] == "00":
+        pairs.pop()
+    return len(pairs) + 1 + negative
+
+
+def _binary_size(text: str) -> int:
+    return len(base64.b64decode(text))
 
 
 def _value_size(value: Mapping[str, Any]) -> int:
@@ -180,7 +201,7 @@ def _value_size(value: Mapping[str, Any]) -> int:
     if tag == "N":
         return _number_size(str(inner))
     if tag == "B":
-        return len(inner) * 3 // 4
+        return _binary_size(inner)
     if tag in ("BOOL", "NULL"):
         return 1
     if tag == "SS":
@@ -188,7 +209,7 @@ def _value_size(value: Mapping[str, Any]) -> int:
     if tag == "NS":
         return sum(_number_size(str(v)) for v in inner)
     if tag == "BS":
-        return sum(len(v) * 3 // 4 for v in inner)
+        return sum(_binary_size(v) for v in inner)
     if tag == "M":
         return 3 + sum(len(k.encode()) + 1 + _value_size(v) for k, v in inner.items())
     if tag == "L":

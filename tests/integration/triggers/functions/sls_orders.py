@@ -1,0 +1,11 @@
+"""The handler serverless.yml names (``functions/sls_orders.process``, a file path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.integration.trigger_recorder import record_batch
+
+
+def process(event: dict[str, Any], context: Any) -> None:
+    record_batch("serverless.yml", event)

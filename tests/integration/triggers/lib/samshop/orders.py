@@ -1,0 +1,11 @@
+"""The handler template.yaml names (``samshop.orders.process`` in ``CodeUri: lib/``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.integration.trigger_recorder import record_batch
+
+
+def process(event: dict[str, Any], context: Any) -> None:
+    record_batch("template.yaml", event)
