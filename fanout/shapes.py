@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 _ARN = re.compile(
     r"^arn:(?P<partition>aws[a-z-]*):(?P<service>[a-z0-9-]+):(?P<region>[a-z0-9-]*):"
-    r"(?P<account>\d{12}|):(?P<resource>.+)$"
+    r"(?P<account>\d{1,12}|):(?P<resource>.+)$"
 )
 _STREAM_RESOURCE = re.compile(r"^table/[A-Za-z0-9_.-]{3,255}/stream/[^/]+$")
 _SQS_PATH = re.compile(r"^/\d{1,12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$")

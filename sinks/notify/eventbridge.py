@@ -11,12 +11,14 @@ order, so the sink is unordered.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from fanout.records import Record, approximate_creation_time
+from fanout.shapes import parse_arn
 from fanout.sink import SinkContext, SinkType
 from sinks.notify.common import AwsNotifySink, Refusal, RenderError, region_from_arn
 from sinks.notify.config import AwsNotifyConfig
@@ -26,6 +28,7 @@ EVENTBRIDGE_MAX_ENTRY_BYTES = 262_144
 """PutEvents' limit for one entry and for the sum of one call (256 KiB)."""
 _RETRYABLE = frozenset({"ThrottlingException", "InternalFailure", "InternalException"})
 _TIME_BYTES = 14  # how EventBridge counts a Time parameter
+_BUS_NAME = re.compile(r"^[A-Za-z0-9._\/-]{1,256}$")
 
 
 class EventBridgeSinkConfig(AwsNotifyConfig):
@@ -43,6 +46,17 @@ class EventBridgeSinkConfig(AwsNotifyConfig):
         le=EVENTBRIDGE_MAX_ENTRY_BYTES,
         description="A lower entry size limit than EventBridge's 262144 (256 KiB).",
     )
+
+    @field_validator("event_bus_name")
+    @classmethod
+    def _bus(cls, value: str) -> str:
+        if value.startswith("arn:"):
+            parse_arn(value, "events")
+        elif not _BUS_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not an event bus name (1-256 of A-Z a-z 0-9 . _ - /) or ARN"
+            )
+        return value
 
     @field_validator("source")
     @classmethod

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from fanout.records import Record
+from fanout.shapes import parse_arn
 from fanout.sink import SinkContext, SinkType
 from sinks.notify.common import AwsNotifySink, MessageParts, Refusal, region_from_arn, transient
 from sinks.notify.config import MessageConfig
@@ -31,6 +32,17 @@ class SnsSinkConfig(MessageConfig):
 
     type: Literal["sns"] = "sns"
     topic_arn: str = Field(description="The topic; a name ending in .fifo is a FIFO topic.")
+
+    @field_validator("topic_arn")
+    @classmethod
+    def _topic_arn(cls, value: str) -> str:
+        parts = parse_arn(value, "sns")
+        if not parts["region"] or not parts["account"] or ":" in parts["resource"]:
+            raise ValueError(
+                f"{value!r} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT_ID:TOPIC)"
+            )
+        return value
+
     max_message_bytes: int | None = Field(
         None,
         ge=1024,

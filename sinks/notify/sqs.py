@@ -13,10 +13,11 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from fanout.aws.sqs import Message, SqsQueue
 from fanout.records import Record
+from fanout.shapes import check_sqs_queue_url
 from fanout.sink import SinkContext, SinkType
 from sinks.notify.common import AwsNotifySink, MessageParts, Refusal
 from sinks.notify.config import MessageConfig
@@ -27,6 +28,11 @@ class SqsSinkConfig(MessageConfig):
 
     type: Literal["sqs"] = "sqs"
     queue_url: str = Field(description="The queue; a name ending in .fifo is a FIFO queue.")
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_url(cls, value: str) -> str:
+        return check_sqs_queue_url(value)
 
 
 _REGION_IN_URL = re.compile(r"^https://(?:sqs\.([a-z0-9-]+)|([a-z0-9-]+)\.queue)\.amazonaws\.com")

@@ -72,7 +72,8 @@ def sqs_target(
         sink_type,
         options,
         QueueArrivals(sqs, url, lambda body: body["eventID"]),
-        broken_options={**options, "queue_url": f"{url}-missing"},  # start() finds no queue
+        # start() finds no queue of that name
+        broken_options={**options, "queue_url": url.rsplit("/", 1)[0] + "/no-such-queue"},
         poison=_poisoned,
     )
 

@@ -41,7 +41,7 @@ def test_every_error_is_reported_in_one_run(tmp_path, capsys):
         sinks:
           a: {type: handler, handler: "nowhere.at_all:fn"}
           b: {type: handler, handler: "also.missing:fn", batch_size: 0}
-          c: {type: sqs, queue_url: x}
+          c: {type: kafka, brokers: x}
           d: {type: file, path: /tmp/d, streams: [nope], dead_letter: {type: sqs, queue_url: x}}
         """,
     )
@@ -52,7 +52,7 @@ def test_every_error_is_reported_in_one_run(tmp_path, capsys):
     assert "streams.orders.max_shards" in text
     assert "sinks.a.handler: cannot import module 'nowhere.at_all'" in text
     assert "sinks.b.batch_size" in text
-    assert "sinks.c.type: unknown sink type 'sqs'; the types are: " in text
+    assert "sinks.c.type: unknown sink type 'kafka'; the types are: " in text
     assert "sinks.d.streams: unknown stream 'nope'" not in text  # the streams failed first
     assert "sinks.d.dead_letter.queue_url: 'x' is not an http:// or https:// SQS queue URL" in text
     assert len(lines) == 6, lines
@@ -126,7 +126,7 @@ def test_real_queue_urls_pass(url):
         ("arn:aws:dynamodb:eu-west-1:123456789012:table/Orders", "not a DynamoDB stream ARN"),
         ("arn:aws:sqs:eu-west-1:123456789012:q", "is not an ARN of dynamodb"),
         ("orders-stream", "is not an ARN"),
-        ("arn:aws:dynamodb:eu-west-1:12345:table/Orders/stream/x", "is not an ARN"),
+        ("arn:aws:dynamodb:eu-west-1:12a45:table/Orders/stream/x", "is not an ARN"),
     ],
 )
 def test_stream_arns_are_checked_for_shape(arn, words):
