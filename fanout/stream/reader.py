@@ -114,6 +114,21 @@ class ReaderContext:
     record_loss: Callable[[Gap], None]
 
 
+def lambda_identity(record: Record) -> None:
+    """Spell a record's ``userIdentity`` as Lambda events do (``type``, ``principalId``).
+
+    GetRecords names the members as the API model does (``Type``, ``PrincipalId``); Lambda's
+    events and filters (``{"userIdentity": {"type": ["Service"]}}`` for TTL deletions) use
+    lower camel case, so records are delivered in that spelling.
+    """
+    identity = record["userIdentity"]
+    if isinstance(identity, dict) and ("Type" in identity or "PrincipalId" in identity):
+        record["userIdentity"] = {
+            ("type" if k == "Type" else "principalId" if k == "PrincipalId" else k): v
+            for k, v in identity.items()
+        }
+
+
 class ShardReader:
     """Reads one shard from its starting point to its end and submits every page.
 
@@ -230,6 +245,8 @@ class ShardReader:
                 records_read.inc(len(records))
                 for record in records:
                     record["eventSourceARN"] = arn
+                    if "userIdentity" in record:  # TTL deletions only
+                        lambda_identity(record)
                 try:
                     last = records[-1]["dynamodb"]
                     last_seen: str | None = last["SequenceNumber"]

@@ -47,8 +47,9 @@ __all__ = [
 ]
 
 VIEW_TYPES = ("NEW_AND_OLD_IMAGES", "NEW_IMAGE", "OLD_IMAGE", "KEYS_ONLY")
-TTL_IDENTITY = {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"}
-"""``userIdentity`` of a record deleted by Time to Live, as DynamoDB Streams spells it."""
+TTL_IDENTITY = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+"""``userIdentity`` of a record deleted by Time to Live, as Lambda events (and the worker)
+spell it."""
 
 
 def attribute(value: Any) -> dict[str, Any]:

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
+from fanout.config import build_config
 from fanout.progress.store import Checkpoint
-from fanout.testing.streamserver import StreamServer
+from fanout.testing.streamserver import Change, StreamServer
 from tests.integration.shardkit import (
     COLLECTOR,
     check_key_order,
@@ -758,3 +760,38 @@ async def test_at_timestamp_is_emulated_from_trim_horizon(tmp_path: Path) -> Non
     assert sorted(COLLECTOR.seqs) == sorted(slack + newer + in_child)
     assert not set(older) & COLLECTOR.distinct()
     assert iterator_types(calls, shard.shard_id) == ["TRIM_HORIZON"]
+
+
+async def test_ttl_deletions_arrive_as_lambda_spells_them_and_match_lambda_ttl_filters(
+    tmp_path: Path,
+) -> None:
+    async with StreamServer() as server:
+        stream = server.add_stream("Orders")
+        gone = {"pk": {"S": "expired"}}
+        plain = {"pk": {"S": "deleted"}}
+        seqs = server.put(
+            stream.shards[0],
+            [
+                Change("REMOVE", gone, old_image=gone, ttl=True),
+                Change("REMOVE", plain, old_image=plain),
+            ],
+        )
+        config = make_config(server, tmp_path, stream_arn=stream.arn)
+        # Lambda's documented filter for deletions made by Time to Live, on a file sink.
+        ttl_filter = {
+            "userIdentity": {"type": ["Service"], "principalId": ["dynamodb.amazonaws.com"]}
+        }
+        out = tmp_path / "expired.jsonl"
+        raw = {
+            **config.settings.model_dump(mode="json"),
+            "sinks": {
+                **config.settings.sinks,
+                "expired": {"type": "file", "path": str(out), "filters": [ttl_filter]},
+            },
+        }
+        async with running(build_config(raw)):
+            await wait_delivered(seqs)  # both reached the unfiltered sink
+        lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    (record,) = lines
+    assert record["dynamodb"]["Keys"] == gone
+    assert record["userIdentity"] == {"type": "Service", "principalId": "dynamodb.amazonaws.com"}

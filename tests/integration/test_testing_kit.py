@@ -112,7 +112,7 @@ def test_builders_type_plain_values_as_dynamodb_does():
     }
     assert events.plain(events.image(ITEM)) == ITEM
     ttl = events.remove({"pk": "a", "expires": 1}, ttl=True)
-    assert ttl["userIdentity"] == {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"}
+    assert ttl["userIdentity"] == {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
     assert ttl["eventName"] == "REMOVE"
     assert "NewImage" not in ttl["dynamodb"]
     assert "userIdentity" not in events.remove({"pk": "a"})

@@ -255,3 +255,17 @@ async def test_iterator_failures_are_retried_until_one_is_given(streams):
     assert await h.reader(shard).run() is True
     assert h.pages.seqs == written
     assert streams.iterator_types(shard) == ["TRIM_HORIZON"] * 5
+
+
+def test_ttl_identities_are_spelled_as_lambda_spells_them() -> None:
+    from fanout.stream.reader import lambda_identity
+
+    record = {"userIdentity": {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"}}
+    lambda_identity(record)
+    assert record["userIdentity"] == {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+    already = {"userIdentity": {"type": "Service", "principalId": "x"}}
+    lambda_identity(already)
+    assert already["userIdentity"] == {"type": "Service", "principalId": "x"}
+    odd = {"userIdentity": "not an object"}
+    lambda_identity(odd)
+    assert odd["userIdentity"] == "not an object"

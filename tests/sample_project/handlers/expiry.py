@@ -10,10 +10,8 @@ from .dynamodb import client
 
 def _expired(record: dict[str, Any]) -> bool:
     identity = record.get("userIdentity") or {}
-    # DynamoDB Streams spells the members Type/PrincipalId; accept Lambda's spelling too.
-    kind = identity.get("Type", identity.get("type"))
-    principal = identity.get("PrincipalId", identity.get("principalId"))
-    return kind == "Service" and principal == "dynamodb.amazonaws.com"
+    # As Lambda events spell it (fanout delivers the same shape).
+    return identity == {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
 
 
 def archive(event: dict[str, Any], context: Any) -> dict[str, int]:

@@ -59,7 +59,7 @@ def test_archive_keeps_only_orders_deleted_by_time_to_live(
     monkeypatch.setenv("ARCHIVE_TABLE", archived.real_name)
     expired = orders.remove(order("DELIVERED"), ttl=True)
     deleted = orders.remove({**order("CANCELLED"), "pk": "order-2"})
-    assert expired["userIdentity"]["PrincipalId"] == "dynamodb.amazonaws.com"
+    assert expired["userIdentity"]["principalId"] == "dynamodb.amazonaws.com"
     assert "userIdentity" not in deleted
     assert archive(events.event(expired, deleted), events.context()) == {"archived": 1}
     assert archived.items() == [order("DELIVERED")]
