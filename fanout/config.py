@@ -28,6 +28,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from fanout.errors import ConfigError
 from fanout.sink import SinkRegistry, SinkType
 
+DEFAULT_LEASE_TABLE = "fanout-leases"
+DEFAULT_APPLICATION = "fanout"
+_APPLICATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -97,15 +101,51 @@ class StreamConfig(Model):
 
 
 class CheckpointConfig(Model):
-    """Where progress is stored."""
+    """Where progress and leases are stored, and how long a lease lasts."""
 
-    store: Literal["sqlite"] = Field("sqlite", description="Checkpoint store.")
-    path: str = Field("./fanout.db", description="SQLite database file.")
+    store: Literal["sqlite", "dynamodb"] = Field(
+        "sqlite",
+        description="sqlite: one file, shared by the worker processes of one host; dynamodb: "
+        "one table, shared by workers on any number of hosts.",
+    )
+    path: str = Field("./fanout.db", description="SQLite database file (store sqlite).")
+    table: str | None = Field(
+        None, description="DynamoDB table (store dynamodb); default fanout-leases."
+    )
+    create_table: bool = Field(
+        False, description="Create the DynamoDB table (on demand capacity) if it is missing."
+    )
+    region: str | None = Field(None, description="AWS region of the table (store dynamodb).")
+    endpoint_url: str | None = Field(
+        None, description="DynamoDB endpoint (store dynamodb), e.g. DynamoDB Local."
+    )
     interval: Duration = Field(
         5.0,
         gt=0,
         description="Checkpoints are written at most this often (and at shard end and shutdown).",
     )
+    lease_duration: Duration = Field(
+        10.0,
+        ge=0.5,
+        le=600,
+        description="A worker reads a shard only while its lease is renewed within this "
+        "time; a crashed worker's shards move to its peers after about this long.",
+    )
+
+    @model_validator(mode="after")
+    def _store_keys(self) -> CheckpointConfig:
+        if self.store == "sqlite":
+            for key in ("table", "region", "endpoint_url"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"'{key}' applies to store dynamodb only")
+            if self.create_table:
+                raise ValueError("'create_table' applies to store dynamodb only")
+        return self
+
+    @property
+    def table_name(self) -> str:
+        """The DynamoDB table (store dynamodb)."""
+        return self.table or DEFAULT_LEASE_TABLE
 
 
 class RetryConfig(Model):
@@ -223,6 +263,17 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    application: str | None = Field(
+        None,
+        description="Who the checkpoints belong to: workers of one application share its "
+        "shards and run the same sinks. Default: the config file's name without its "
+        "extension (orders.yaml: orders).",
+    )
+    processes: int | Literal["auto"] = Field(
+        1,
+        description="Worker processes `fanout run` starts on this host, sharing the shards "
+        "through the checkpoint store; auto: one per CPU.",
+    )
     streams: dict[str, StreamConfig] = Field(description="Streams to read, by name.")
     sinks: dict[str, dict[str, Any]] = Field(
         description="Sinks by name; each has a `type` and that type's options."
@@ -247,6 +298,22 @@ class Settings(BaseSettings):
         # The YAML file arrives as init kwargs; the environment overrides it.
         return (env_settings, init_settings)
 
+    @field_validator("application")
+    @classmethod
+    def _application_name(cls, value: str | None) -> str | None:
+        if value is not None and not _APPLICATION.match(value):
+            raise ValueError(
+                "use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("processes")
+    @classmethod
+    def _processes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("must be 1 to 256, or auto")
+        return value
+
     @field_validator("streams", "sinks")
     @classmethod
     def _not_empty(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -263,10 +330,34 @@ class Config:
         settings: Settings,
         sinks: dict[str, SinkConfig],
         types: dict[str, SinkType[Any]] | None = None,
+        source: Path | None = None,
     ) -> None:
         self.settings = settings
         self.sinks = sinks
         self.types = types or {}
+        self.source = source
+
+    @property
+    def application(self) -> str:
+        """Who the checkpoints belong to: ``application``, else the config file's name
+        without its extension, else ``fanout``."""
+        if self.settings.application:
+            return self.settings.application
+        if self.source is not None:
+            return application_from_path(self.source)
+        return DEFAULT_APPLICATION
+
+    @property
+    def processes(self) -> int:
+        """Worker processes to start on this host (``auto``: the CPU count)."""
+        wanted = self.settings.processes
+        if wanted == "auto":
+            return max(1, os.cpu_count() or 1)
+        return wanted
+
+    def sink_set(self) -> dict[str, str]:
+        """Every sink's name and type: what the workers of one application must share."""
+        return {name: cfg.type for name, cfg in sorted(self.sinks.items())}
 
     def sink_type(self, name: str) -> SinkType[Any]:
         """The type of the sink called ``name``."""
@@ -283,6 +374,14 @@ class Config:
     @property
     def streams(self) -> dict[str, StreamConfig]:
         return self.settings.streams
+
+
+def application_from_path(path: str | os.PathLike[str]) -> str:
+    """The default application name of a config file: its name without the extension, with
+    characters a name cannot hold replaced by ``-`` (``orders.yaml``: ``orders``)."""
+    stem = Path(path).stem
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", stem).lstrip("._-")[:128]
+    return name or DEFAULT_APPLICATION
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -351,13 +450,16 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return result
 
 
-def build_config(data: dict[str, Any], registry: SinkRegistry | None = None) -> Config:
+def build_config(
+    data: dict[str, Any], registry: SinkRegistry | None = None, *, source: Path | None = None
+) -> Config:
     """Validate raw settings (YAML data; the environment overrides it) into a Config.
 
     Args:
         data: the parsed YAML file.
         registry: where sink types are looked up; default: the ``fanout.sinks`` entry points
             (the built-in sinks and every installed plugin).
+        source: the config file (its name is the default application name).
     """
     from fanout import filters
 
@@ -399,7 +501,7 @@ def build_config(data: dict[str, Any], registry: SinkRegistry | None = None) -> 
         entry.check(name, cfg, prefix)
         sink_configs[name] = cfg
         types[name] = entry
-    return Config(settings, sink_configs, types)
+    return Config(settings, sink_configs, types, source)
 
 
 def load_config(
@@ -408,4 +510,4 @@ def load_config(
     """Read the YAML file (``path`` or ``$FANOUT_CONFIG``), apply the environment, validate."""
     path = path or os.environ.get("FANOUT_CONFIG")
     data = read_yaml(path) if path else {}
-    return build_config(data, registry)
+    return build_config(data, registry, source=Path(path) if path else None)

@@ -268,6 +268,8 @@ class Lane:
     # -- delivery ---------------------------------------------------------------------------
 
     async def _attempt(self, batch: Sequence[Record]) -> tuple[Failures, BaseException | None]:
+        if not self.progress.may_deliver():  # the shard's lease lapsed or moved: fail closed
+            await self.progress.lease_lost()
         started = time.perf_counter()
         try:
             failures = await self.route.sink.send(batch)
@@ -603,6 +605,8 @@ class Lane:
         attempt = 0
         remaining = entries
         while True:
+            if not self.progress.may_deliver():  # the lease moved: the new owner retries them
+                await self.progress.lease_lost()
             try:
                 await self.route.dead_letter.write(remaining)
             except Exception as exc:  # noqa: BLE001 - whatever broke, the record stays unsettled
