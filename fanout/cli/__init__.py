@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -22,12 +23,32 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the worker")
     add_config_option(run)
     run.add_argument("--log-format", choices=["json", "text"], help="override log_format")
+    run.add_argument(
+        "--processes",
+        type=_processes,
+        help="worker processes on this host sharing the shards (a number or auto: one per "
+        "CPU); overrides the config's processes",
+    )
+    # Set by `--processes` for the workers it starts: how many were started together.
+    run.add_argument("--group-size", type=int, help=argparse.SUPPRESS)
     validate = sub.add_parser("validate", help="check a config file without connecting")
     add_config_option(validate)
     sub.add_parser("schema", help="print the JSON Schema of the config file")
     dlq.add_parser(sub)
     status.add_parser(sub)
     return parser
+
+
+def _processes(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of processes, or auto") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError("must be 1 to 256, or auto")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,6 +88,13 @@ def _run(args: argparse.Namespace) -> int:
     settings = config.settings
     secrets = logs.config_secrets(config, path)
     logs.setup(args.log_format or settings.log_format, settings.log_level, secrets=secrets)
-    worker = Worker(config)
+    processes = config.processes
+    if args.processes is not None:
+        processes = max(1, os.cpu_count() or 1) if args.processes == "auto" else args.processes
+    if args.group_size is None and processes > 1:
+        from fanout.cli.supervise import supervise
+
+        return supervise(config, path, processes, args.log_format)
+    worker = Worker(config, group_size=args.group_size or 1)
     tune_gc()
     return anyio.run(worker.run)
