@@ -233,11 +233,18 @@ class Worker:
                     await self._read_and_drain(clients, routes)
                     # Leases are still renewed here: the last checkpoints are written under
                     # them, then they are released so peers take the shards at once.
+                    # Shielded, and bounded: a store that stopped answering must not keep
+                    # the process from exiting (peers then wait for the leases to expire).
+                    bound = max(5.0, self.settings.checkpoints.lease_duration)
                     with anyio.CancelScope(shield=True):
                         try:
-                            await self.checkpoints.close()
+                            with anyio.fail_after(bound):
+                                await self.checkpoints.close()
+                        except TimeoutError:
+                            log.error("checkpoint_failed", extra={"error": "final flush timed out"})
                         finally:
-                            await self.leases.release_all()
+                            with anyio.move_on_after(bound):
+                                await self.leases.release_all()
                     services.cancel_scope.cancel()
                 log.info("worker_stopped", extra={"reason": "fatal" if self._fatal else "stop"})
         except ConfigError as exc:
@@ -313,7 +320,16 @@ class Worker:
                 log.info("draining", extra={"grace_s": grace})
                 drain.deadline = anyio.current_time() + grace
         if drain.cancelled_caught:
-            log.warning("drain_timed_out", extra={"grace_s": grace})
+            pending = [
+                {"stream": w.name, "shard": p.shard_id, "lease_valid": p.may_deliver()}
+                for w in self.workers
+                for p in list(w.progress.values())
+                if p.pending
+            ]
+            log.warning(
+                "drain_timed_out",
+                extra={"grace_s": grace, "pending_shards": len(pending), "shards": pending[:10]},
+            )
 
     async def _run_stream(self, worker: StreamWorker, readers: TaskGroup) -> None:
         try:

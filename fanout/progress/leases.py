@@ -270,6 +270,7 @@ class LeaseCoordinator:
         self._started_mono = clock()
         self._valid_until = 0.0  # worker-wide: last confirmed renewal start + duration - margin
         self._taking = True
+        self._closing = False  # release_all began: cycles change nothing any more
         self._group_ready = group_size <= 1
         self._wake = anyio.Event()
         self._snapshot: Snapshot | None = None
@@ -400,6 +401,7 @@ class LeaseCoordinator:
         """Release every lease still held and remove this worker's row (shutdown, after the
         last checkpoints were written), so peers take the shards at once."""
         self._taking = False
+        self._closing = True
         leases = [h for h in self.held.values() if not h.lost]
         releases = [Release(h.stream_arn, h.shard_id, h.token) for h in leases if h.valid()]
         try:  # rows handed to this worker that it has not taken up yet go back too
@@ -519,21 +521,36 @@ class LeaseCoordinator:
             self._tasks = tasks
             tasks.start_soon(self._watch_expiry)
             interval = self.timing.renew_interval
-            next_beat = self.clock() + interval
-            while True:
+            next_beat = self.clock()  # renew at once: start-up may have taken a while
+            while not self._closing:
                 beat = self.clock() >= next_beat
                 if beat:
                     next_beat = self.clock() + interval * self._rng.uniform(0.9, 1.0)
                 await self.cycle(heartbeat=beat)
                 self._wake = anyio.Event()
-                with anyio.move_on_after(max(0.0, next_beat - self.clock())):
+                # Wake for the next heartbeat, or the moment a silent peer's leases expire
+                # (not up to a renewal interval later), or a poke.
+                wake_at = min(next_beat, self._next_expiry())
+                with anyio.move_on_after(max(0.0, wake_at - self.clock())):
                     await self._wake.wait()
                     # a poke: let a burst of them (a listing page by page) come together
                     await anyio.sleep(min(0.05, interval / 10))
 
+    def _next_expiry(self) -> float:
+        """When the next peer that stopped beating counts as dead (inf: none is due)."""
+        now = self.clock()
+        due = [
+            seen.since + self.timing.duration
+            for wid, seen in self._seen.items()
+            if wid != self.worker_id and seen.since + self.timing.duration > now
+        ]
+        return min(due, default=math.inf) + 0.01
+
     async def cycle(self, *, heartbeat: bool = True) -> None:
         """One round: renew (with ``heartbeat``), scan, confirm held leases, hand over what
         peers asked for, take and balance."""
+        if self._closing:
+            return
         started = self.clock()
         renewed = False
         if heartbeat:
@@ -552,6 +569,8 @@ class LeaseCoordinator:
             self._expire()
             return
         now = self.clock()
+        if self._closing:
+            return
         self._observe(snap, now)
         self._confirm(snap, scan_started, started if renewed else None)
         self._expire()
@@ -670,7 +689,8 @@ class LeaseCoordinator:
         self._update_gauges()
 
     def _may_take(self, now: float) -> bool:
-        return self._group_ready and now < self._valid_until
+        # A lease taken now must stay valid until the next renewal can extend it.
+        return self._group_ready and now + self.timing.renew_interval < self._valid_until
 
     # -- taking and balancing ---------------------------------------------------------------
 
@@ -759,22 +779,29 @@ class LeaseCoordinator:
             if claim.shard_id not in chosen:
                 await self._give_back(claim)
         if taking:
-            await self._take(view, taking, now, reason="unowned")
-            view.unowned = max(0, len(free) - len(taking))
+            got = await self._take(view, taking, now, reason="unowned")
+            # Peers that took some of these first: try the next free ones at once.
+            rest = claims[need:]
+            while got < len(taking) and rest:
+                short = len(taking) - got
+                taking, rest = rest[:short], rest[short:]
+                got = await self._take(view, taking, now, reason="unowned")
+            view.unowned = len([c for c in free if (arn, c.shard_id) not in self.held])
         elif need > 0 and not free:
             await self._steal(view, rows, counts, mine, need, now)
 
     async def _take(
         self, view: _StreamView, claims: list[Claim], now: float, *, reason: str
-    ) -> None:
+    ) -> int:
+        """Take ``claims``; returns how many were taken."""
         if not claims or not self._taking:
-            return
+            return 0
         sub = view.subscriber
         try:
             taken = await self.store.take(claims, self.worker_id)
         except FanoutError as exc:
             log.warning("lease_take_failed", extra={"stream": sub.stream_name, "error": str(exc)})
-            return
+            return 0
         for claim, row in zip(claims, taken, strict=True):
             view.asked.pop(claim.shard_id, None)
             if row is None:
@@ -803,11 +830,12 @@ class LeaseCoordinator:
                 },
             )
             self._event(claim.stream_arn, "taken")
-            if not sub.acquired(row, held):
+            if not self._taking or not sub.acquired(row, held):
                 self.held.pop(key, None)
                 held.lost = True
                 await self._give_back(Claim(*key, self.worker_id, row.counter))
         self._update_gauges()
+        return sum(1 for row in taken if row is not None)
 
     async def _give_back(self, claim: Claim) -> None:
         try:

@@ -59,6 +59,7 @@ class ShardProgress:
     __slots__ = (
         "_drained",
         "dirty",
+        "finished",
         "frontier",
         "last_progress",
         "lease",
@@ -85,6 +86,7 @@ class ShardProgress:
         self.last_progress = time.monotonic()
         self._drained: anyio.Event | None = None
         self.lease = lease
+        self.finished = False  # written as finished: no other checkpoint of it follows
 
     def may_deliver(self) -> bool:
         """True unless the shard's lease lapsed or moved: then nothing more of it may be

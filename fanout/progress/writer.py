@@ -120,8 +120,10 @@ class CheckpointWriter:
                     progress.dirty = True
                 raise
             if rejected:
-                self._rejected(rejected)
                 gone = {(r.stream_arn, r.shard_id) for r in rejected}
+                # A shard written as finished meanwhile released its lease: not a loss.
+                done = {(p.stream_arn, p.shard_id) for p in taken if p.finished}
+                self._rejected([r for r in rejected if (r.stream_arn, r.shard_id) not in done])
                 taken = [p for p in taken if (p.stream_arn, p.shard_id) not in gone]
             written: dict[str, int] = {}
             for progress in taken:
@@ -172,6 +174,7 @@ class CheckpointWriter:
             self._finish_rejected.discard(key)
             return False
         progress.dirty = False
+        progress.finished = True
         self.metrics.checkpoints.labels(progress.stream_name).inc()
         return True
 
@@ -205,6 +208,8 @@ class CheckpointWriter:
         await self.retry.call(save, retry_on=(FanoutError,), on_failure=failed)
 
     def _rejected(self, rows: Sequence[CheckpointRow]) -> None:
+        if not rows:
+            return
         for row in rows:
             log.warning(
                 "checkpoint_rejected",

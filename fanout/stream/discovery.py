@@ -151,10 +151,12 @@ class ShardGraph:
         end = "failed"
         async with anyio.create_task_group() as readers:
             self._readers = readers
-            self.leases.subscribe(self)
-            end = await self._discovery_loop()
-            readers.cancel_scope.cancel()
-        self._readers = None
+            try:
+                self.leases.subscribe(self)
+                end = await self._discovery_loop()
+                readers.cancel_scope.cancel()
+            finally:
+                self._readers = None  # no reader starts once this group winds down
         # Only a stream read to its end (or gone) is left; at a shutdown (cancelled) the
         # leases stay with the coordinator, which releases them after the last checkpoints.
         self.leases.unsubscribe(self.stream_arn)
