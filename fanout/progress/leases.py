@@ -689,8 +689,9 @@ class LeaseCoordinator:
         self._update_gauges()
 
     def _may_take(self, now: float) -> bool:
-        # A lease taken now must stay valid until the next renewal can extend it.
-        return self._group_ready and now + self.timing.renew_interval < self._valid_until
+        # A lease taken now is valid as long as this worker's last renewal: take only with
+        # some of that left (the next renewal extends it).
+        return self._group_ready and now + self.timing.renew_interval / 2 < self._valid_until
 
     # -- taking and balancing ---------------------------------------------------------------
 

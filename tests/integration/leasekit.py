@@ -260,9 +260,7 @@ def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.1) ->
 
 def first_deliveries(lines: list[dict[str, Any]], sink: str) -> list[dict[str, Any]]:
     """The first delivery of each record to ``sink``, in time order (ties: file order)."""
-    ordered = sorted(
-        (line for line in lines if line["sink"] == sink), key=lambda line: line["t"]
-    )
+    ordered = sorted((line for line in lines if line["sink"] == sink), key=lambda line: line["t"])
     seen: set[str] = set()
     first = []
     for line in ordered:

@@ -27,7 +27,7 @@ from tests.integration.leasekit import (
 
 pytestmark = pytest.mark.integration
 
-LEASE = 3.0  # seconds; renewal every LEASE / 3
+LEASE = 4.0  # seconds; renewal every LEASE / 3
 RENEW = LEASE / 3
 SINKS = ("left", "right")
 
@@ -115,9 +115,7 @@ def test_three_workers_spread_fail_over_hand_over_and_let_a_fourth_join(
         t_kill = time.monotonic()
         workers["w1"].kill()
         picked = wait_until(
-            lambda: (
-                all(owner in (wid["w2"], wid["w3"]) for owner in table.open_owners().values())
-            ),
+            lambda: all(owner in (wid["w2"], wid["w3"]) for owner in table.open_owners().values()),
             4 * LEASE,
             "the killed worker's shards taken over",
         )
@@ -127,7 +125,7 @@ def test_three_workers_spread_fail_over_hand_over_and_let_a_fourth_join(
 
         # 3. SIGTERM: handed over without waiting for expiry
         wait_until(lambda: balanced(table, [wid["w2"], wid["w3"]]), 30, "two even workers")
-        t_term = time.monotonic()
+        t_term, t_term_wall = time.monotonic(), time.time()
         workers["w2"].signal(signal.SIGTERM)
         handed = wait_until(
             lambda: all(owner == wid["w3"] for owner in table.open_owners().values()),
@@ -136,7 +134,15 @@ def test_three_workers_spread_fail_over_hand_over_and_let_a_fourth_join(
         )
         assert workers["w2"].wait() == 0
         handover = handed - t_term
+        # a peer could take them by expiry only a lease duration after w2's last heartbeat,
+        # and w2 renewed until it released them
         assert handover < LEASE, handover
+        taken = {
+            e["shard"]: e["reason"]
+            for e in workers["w3"].events("lease_taken")
+            if e["from"] == wid["w2"] and log_time(e) >= t_term_wall - 0.5
+        }
+        assert "expired" not in taken.values(), taken
 
         # 4. a fourth worker joins and gets its share
         workers["w4"] = Worker(config, tmp_path, "w4")
@@ -158,9 +164,7 @@ def test_three_workers_spread_fail_over_hand_over_and_let_a_fourth_join(
                 if line["sink"] == sink
             }
 
-        wait_until(
-            lambda: all(every <= delivered(sink) for sink in SINKS), 60, "every record", 0.5
-        )
+        wait_until(lambda: all(every <= delivered(sink) for sink in SINKS), 60, "every record", 0.5)
     finally:
         codes = {name: w.stop() for name, w in workers.items() if name != "w1"}
         table.close()
@@ -237,7 +241,8 @@ def test_a_paused_worker_neither_delivers_nor_checkpoints_the_shards_it_lost(
     late = [
         line
         for line in a.deliveries()
-        if line["t"] >= t_cont and (owner := shard_of(stream).get(line["seq"])) in lost
+        if line["t"] >= t_cont
+        and (owner := shard_of(stream).get(line["seq"])) in lost
         and line["t"] < retaken.get(owner, float("inf"))
     ]
     assert late == [], f"{len(late)} records of lost shards delivered after SIGCONT"
