@@ -18,11 +18,14 @@ worker row (its heartbeat unchanged). Calls go through the process's aiobotocore
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
@@ -42,6 +45,27 @@ from fanout.progress.store import (
 log = logging.getLogger("fanout.checkpoint")
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+# Which store operation a request serves (for the request counts of ``requests``).
+_PURPOSE: contextvars.ContextVar[str] = contextvars.ContextVar("purpose", default="other")
+
+
+def _counted(
+    fn: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Count the requests of a store operation under its name."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        token = _PURPOSE.set(fn.__name__)
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            _PURPOSE.reset(token)
+
+    return wrapper
+
 
 # Per-row writes of one call run this many at a time.
 _CONCURRENCY = 16
@@ -100,8 +124,9 @@ class DynamoDBCheckpointStore:
         self.create_table = create_table
         self.pk = f"app#{application}"
         self._client: Any = None
-        # Requests by operation, for the cost accounting of docs/leases.md.
-        self.requests: dict[str, int] = {}
+        # Requests by (store operation, DynamoDB call), for the cost accounting of
+        # docs/leases.md (what a renewal, a checkpoint or a take costs).
+        self.requests: Counter[tuple[str, str]] = Counter()
 
     @property
     def application(self) -> str:
@@ -121,7 +146,7 @@ class DynamoDBCheckpointStore:
 
         if self._client is None:
             raise CheckpointError(f"checkpoint store {self.describe}: not open")
-        self.requests[op] = self.requests.get(op, 0) + 1
+        self.requests[(_PURPOSE.get(), op)] += 1
         try:
             return await getattr(self._client, op)(**kwargs)
         except ClientError as exc:
@@ -261,6 +286,7 @@ class DynamoDBCheckpointStore:
 
     # -- checkpoints ------------------------------------------------------------------------
 
+    @_counted
     async def load(self, stream_arn: str) -> dict[str, Checkpoint]:
         items = await self._query(f"shard#{stream_arn}#")
         rows = [self._shard(i) for i in items]
@@ -313,12 +339,14 @@ class DynamoDBCheckpointStore:
             return row
         return None
 
+    @_counted
     async def save(self, rows: Sequence[CheckpointRow]) -> list[CheckpointRow]:
         """Write every row (one conditional update each); returns those whose lease moved."""
         now = time.time()
         results = await self._each([partial(self._save_one, row, now) for row in rows])
         return [r for r in results if r is not None]
 
+    @_counted
     async def stream_start(self, stream_arn: str, timestamp: float) -> tuple[float, bool]:
         try:
             answer = await self._call(
@@ -337,6 +365,7 @@ class DynamoDBCheckpointStore:
             return float(old["start_timestamp"]["N"]), False
         return float(timestamp), True
 
+    @_counted
     async def prune(self, stream_arn: str, keep: Sequence[str]) -> int:
         kept = set(keep)
         rows = await self.load(stream_arn)
@@ -358,12 +387,14 @@ class DynamoDBCheckpointStore:
 
         return sum(await self._each([partial(delete, row) for row in gone]))
 
+    @_counted
     async def all(self) -> list[Checkpoint]:
         rows = [self._shard(i) for i in await self._query("shard#")]
         return sorted(rows, key=lambda r: (r.stream_arn, r.shard_id))
 
     # -- leases -----------------------------------------------------------------------------
 
+    @_counted
     async def scan(self) -> Snapshot:
         shards: list[Checkpoint] = []
         workers: list[WorkerRow] = []
@@ -390,6 +421,7 @@ class DynamoDBCheckpointStore:
         shards.sort(key=lambda r: (r.stream_arn, r.shard_id))
         return Snapshot(shards, workers, sinks)
 
+    @_counted
     async def ensure(self, stream_arn: str, shard_ids: Sequence[str]) -> dict[str, Checkpoint]:
         now = time.time()
 
@@ -488,6 +520,7 @@ class DynamoDBCheckpointStore:
         item = answer.get("Item")
         return self._shard(item) if item else None
 
+    @_counted
     async def take(self, claims: Sequence[Claim], owner: str) -> list[Checkpoint | None]:
         now = time.time()
         return await self._each([partial(self._take_one, claim, owner, now) for claim in claims])
@@ -519,10 +552,12 @@ class DynamoDBCheckpointStore:
             return False
         return True
 
+    @_counted
     async def release(self, releases: Sequence[Release]) -> list[bool]:
         now = time.time()
         return await self._each([partial(self._release_one, rel, now) for rel in releases])
 
+    @_counted
     async def request_handoff(
         self, stream_arn: str, shard_id: str, lease: LeaseToken, to: str
     ) -> bool:
@@ -550,6 +585,7 @@ class DynamoDBCheckpointStore:
             return False
         return True
 
+    @_counted
     async def heartbeat(self, worker: WorkerRow) -> None:
         try:
             await self._call(
@@ -572,6 +608,7 @@ class DynamoDBCheckpointStore:
         except _Rejected as exc:  # no condition
             raise CheckpointError(str(exc)) from exc
 
+    @_counted
     async def remove_worker(self, worker_id: str, heartbeat: int | None = None) -> None:
         kwargs: dict[str, Any] = {}
         if heartbeat is not None:
@@ -586,6 +623,7 @@ class DynamoDBCheckpointStore:
         except _Rejected:
             return
 
+    @_counted
     async def record_sinks(self, sinks: str) -> None:
         try:
             await self._call(

@@ -531,6 +531,8 @@ class LeaseCoordinator:
                 # Wake for the next heartbeat, or the moment a silent peer's leases expire
                 # (not up to a renewal interval later), or a poke.
                 wake_at = min(next_beat, self._next_expiry())
+                if not self._group_ready:  # siblings are starting: look again soon
+                    wake_at = min(wake_at, self.clock() + min(0.1, interval))
                 with anyio.move_on_after(max(0.0, wake_at - self.clock())):
                     await self._wake.wait()
                     # a poke: let a burst of them (a listing page by page) come together

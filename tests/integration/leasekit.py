@@ -300,9 +300,9 @@ def longest_overlap(
     by_shard: dict[str, list[tuple[int, list[float]]]] = defaultdict(list)
     for (shard, pid), runs in periods.items():
         by_shard[shard] += [(pid, run) for run in runs]
-    for shard, runs in by_shard.items():
-        for i, (pid_a, a) in enumerate(runs):
-            for pid_b, b in runs[i + 1 :]:
+    for shard, spans in by_shard.items():
+        for i, (pid_a, a) in enumerate(spans):
+            for pid_b, b in spans[i + 1 :]:
                 if pid_a != pid_b:
                     overlap = min(a[1], b[1]) - max(a[0], b[0])
                     if overlap > worst:
