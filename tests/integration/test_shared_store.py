@@ -66,14 +66,15 @@ sinks:
     return path
 
 
-def owners(db: Path) -> Counter[str]:
-    """Leases held per worker in the SQLite file (application orders)."""
+def owners(db: Path, application: str = "orders") -> Counter[str]:
+    """Leases held per worker in the SQLite file."""
     import sqlite3
 
     con = sqlite3.connect(db)
     try:
         rows = con.execute(
-            "SELECT owner FROM checkpoints WHERE application = 'orders' AND owner IS NOT NULL"
+            "SELECT owner FROM checkpoints WHERE application = ? AND owner IS NOT NULL",
+            (application,),
         ).fetchall()
     except sqlite3.OperationalError:
         rows = []
@@ -171,3 +172,42 @@ def test_one_configuration_twice_shares_and_other_sinks_under_its_name_refuse(tm
                 w.signal(signal.SIGTERM)
         assert a.wait() == 0
         assert b.wait() == 0
+
+
+def test_run_with_processes_starts_a_group_that_shares_the_shards_and_stops_as_one(
+    tmp_path, server
+):
+    import socket
+    import urllib.request
+
+    stream = server.add_stream("Orders", shards=4)
+    every = fill(server, stream)
+    db = tmp_path / "fanout.db"
+    with socket.socket() as probe:  # two free consecutive ports are very likely after this
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = config(tmp_path / "group.yaml", server, stream, db, handler_sink("audit"))
+    path.write_text(
+        path.read_text().replace(
+            "http: {enabled: false}", f"http: {{host: 127.0.0.1, port: {port}}}"
+        )
+    )
+    group = Worker(path, tmp_path, "group", FANOUT_PROCESSES="2")
+    # the supervisor's argv has no --processes: the environment sets the config's processes
+    try:
+        wait_until(lambda: len(owners(db, "group")) == 2, 60, "two worker processes")
+        wait_until(lambda: sorted(owners(db, "group").values()) == [2, 2], 30, "shares")
+        wait_until(lambda: seqs_of(group, "audit") == every, 30, "every record")
+        for offset in (0, 1):  # one endpoint per process, on consecutive ports
+            with urllib.request.urlopen(f"http://127.0.0.1:{port + offset}/healthz") as answer:
+                assert answer.status == 200
+        pids = {line["pid"] for line in group.deliveries()}
+        assert len(pids) == 2
+        assert group.proc.pid not in pids
+    finally:
+        group.signal(signal.SIGTERM)
+        code = group.wait(60)
+    assert code == 0
+    assert owners(db, "group") == Counter()  # every lease released on the way out
+    started = group.events("processes_started")
+    assert started[0]["processes"] == 2
