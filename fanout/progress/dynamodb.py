@@ -124,6 +124,9 @@ class DynamoDBCheckpointStore:
         self.create_table = create_table
         self.pk = f"app#{application}"
         self._client: Any = None
+        self._sync_client: Any = None
+        # Seconds a heartbeat request may take (connect and read) before it counts as failed.
+        self.heartbeat_timeout = 3.0
         # Requests by (store operation, DynamoDB call), for the cost accounting of
         # docs/leases.md (what a renewal, a checkpoint or a take costs).
         self.requests: Counter[tuple[str, str]] = Counter()
@@ -283,6 +286,9 @@ class DynamoDBCheckpointStore:
 
     async def aclose(self) -> None:
         self._client = None  # the client belongs to the process's AwsClients
+        if self._sync_client is not None:
+            client, self._sync_client = self._sync_client, None
+            client.close()
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -585,6 +591,23 @@ class DynamoDBCheckpointStore:
             return False
         return True
 
+    @staticmethod
+    def _heartbeat_update(worker: WorkerRow) -> dict[str, Any]:
+        return {
+            "UpdateExpression": "SET heartbeat = :beat, heartbeat_at = :at, "
+            "started_at = :started, host = :host, pid = :pid, sinks = :sinks, "
+            "leases = :leases",
+            "ExpressionAttributeValues": {
+                ":beat": _n(worker.heartbeat),
+                ":at": _n(worker.heartbeat_at),
+                ":started": _n(worker.started_at),
+                ":host": _s(worker.host),
+                ":pid": _n(worker.pid),
+                ":sinks": _s(worker.sinks),
+                ":leases": _n(worker.leases),
+            },
+        }
+
     @_counted
     async def heartbeat(self, worker: WorkerRow) -> None:
         try:
@@ -592,21 +615,40 @@ class DynamoDBCheckpointStore:
                 "update_item",
                 TableName=self.table,
                 Key=self._key(f"worker#{worker.worker_id}"),
-                UpdateExpression="SET heartbeat = :beat, heartbeat_at = :at, "
-                "started_at = :started, host = :host, pid = :pid, sinks = :sinks, "
-                "leases = :leases",
-                ExpressionAttributeValues={
-                    ":beat": _n(worker.heartbeat),
-                    ":at": _n(worker.heartbeat_at),
-                    ":started": _n(worker.started_at),
-                    ":host": _s(worker.host),
-                    ":pid": _n(worker.pid),
-                    ":sinks": _s(worker.sinks),
-                    ":leases": _n(worker.leases),
-                },
+                **self._heartbeat_update(worker),
             )
         except _Rejected as exc:  # no condition
             raise CheckpointError(str(exc)) from exc
+
+    def heartbeat_sync(self, worker: WorkerRow) -> None:
+        """A heartbeat from the heartbeat thread, through a botocore client of its own (the
+        aiobotocore clients belong to the event loop)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self._sync_client is None:
+            import botocore.session
+            from botocore.config import Config
+
+            timeout = max(1.0, self.heartbeat_timeout)
+            self._sync_client = botocore.session.get_session().create_client(
+                "dynamodb",
+                region_name=self.region,
+                endpoint_url=self.endpoint_url,
+                config=Config(
+                    retries={"mode": "standard", "max_attempts": 2},
+                    connect_timeout=timeout,
+                    read_timeout=timeout,
+                ),
+            )
+        self.requests[("heartbeat", "update_item")] += 1
+        try:
+            self._sync_client.update_item(
+                TableName=self.table,
+                Key=self._key(f"worker#{worker.worker_id}"),
+                **self._heartbeat_update(worker),
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise CheckpointError(f"checkpoint store {self.describe}: heartbeat: {exc}") from exc
 
     @_counted
     async def remove_worker(self, worker_id: str, heartbeat: int | None = None) -> None:

@@ -39,6 +39,7 @@ import os
 import random
 import secrets
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from fanout.errors import ConfigError, FanoutError
@@ -115,19 +117,58 @@ class LeaseTiming:
         return self.duration / 5
 
 
+class Renewals:
+    """This worker's renewals: until when (monotonic seconds) it may act on its leases, and
+    an epoch that grows whenever renewals lapsed.
+
+    A renewal that started before the last one's validity ended, and completed before a peer
+    could have judged this worker dead (``duration`` after the last one started), extends
+    every lease. Any other successful renewal follows a lapse: the epoch grows, and leases
+    held before it are never valid again (a peer may have taken them meanwhile). Updated from
+    the heartbeat thread, read everywhere.
+    """
+
+    def __init__(self, timing: LeaseTiming, clock: Callable[[], float]) -> None:
+        self.timing = timing
+        self.clock = clock
+        self.valid_until = 0.0
+        self.epoch = 0
+        self.last_start: float | None = None
+        self._lock = threading.Lock()
+
+    def renewed(self, started: float, completed: float) -> None:
+        """A heartbeat that started at ``started`` was written by ``completed``."""
+        with self._lock:
+            last = self.last_start
+            if last is not None and (
+                started >= self.valid_until or completed >= last + self.timing.duration
+            ):
+                self.epoch += 1
+            self.last_start = started
+            self.valid_until = started + self.timing.duration - self.timing.margin
+
+    def valid(self, epoch: int) -> bool:
+        """True while leases taken in ``epoch`` may be acted on."""
+        return epoch == self.epoch and self.clock() < self.valid_until
+
+    def left(self) -> float:
+        """Seconds of validity left (negative once lapsed)."""
+        return self.valid_until - self.clock()
+
+
 class HeldLease:
-    """A lease this worker holds: the token writes are conditional on, and until when
-    (monotonic seconds) the worker may act on it."""
+    """A lease this worker holds: the token writes are conditional on, and whether the
+    worker may still act on it (its renewals did not lapse since it was taken)."""
 
     __slots__ = (
-        "_clock",
+        "_renewals",
         "acquired_at",
+        "epoch",
         "handing_over",
         "lost",
         "shard_id",
         "stream_arn",
         "token",
-        "valid_until",
     )
 
     def __init__(
@@ -135,21 +176,20 @@ class HeldLease:
         stream_arn: str,
         shard_id: str,
         token: LeaseToken,
-        valid_until: float,
-        clock: Callable[[], float] = time.monotonic,
+        renewals: Renewals,
     ) -> None:
         self.stream_arn = stream_arn
         self.shard_id = shard_id
         self.token = token
-        self.valid_until = valid_until
+        self._renewals = renewals
+        self.epoch = renewals.epoch
         self.lost = False
         self.handing_over = False
-        self._clock = clock
-        self.acquired_at = clock()
+        self.acquired_at = renewals.clock()
 
     def valid(self) -> bool:
         """True while the worker may deliver records of the shard and checkpoint it."""
-        return not self.lost and self._clock() < self.valid_until
+        return not self.lost and self._renewals.valid(self.epoch)
 
     async def lost_wait(self) -> None:
         """Wait for the cancellation that follows a lost lease (the owner stops the shard)."""
@@ -268,7 +308,9 @@ class LeaseCoordinator:
         self._beat = 0
         self._started_at = time.time()
         self._started_mono = clock()
-        self._valid_until = 0.0  # worker-wide: last confirmed renewal start + duration - margin
+        self.renewals = Renewals(self.timing, clock)
+        self._beater: threading.Thread | None = None
+        self._stop_beating = threading.Event()
         self._taking = True
         self._closing = False  # release_all began: cycles change nothing any more
         self._group_ready = group_size <= 1
@@ -328,7 +370,7 @@ class LeaseCoordinator:
             await self._startup_call(lambda: self.store.record_sinks(sinks))
         started = self.clock()
         await self._startup_call(self._heartbeat)
-        self._valid_until = started + self.timing.duration - self.timing.margin
+        self.renewals.renewed(started, self.clock())
         self._observe(snap, self.clock())
         log.info(
             "worker_registered",
@@ -402,6 +444,7 @@ class LeaseCoordinator:
         last checkpoints were written), so peers take the shards at once."""
         self._taking = False
         self._closing = True
+        await self._stop_beating_now()  # no heartbeat may re-create the row removed below
         leases = [h for h in self.held.values() if not h.lost]
         releases = [Release(h.stream_arn, h.shard_id, h.token) for h in leases if h.valid()]
         try:  # rows handed to this worker that it has not taken up yet go back too
@@ -515,28 +558,64 @@ class LeaseCoordinator:
     # -- the cycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Heartbeat, scan, confirm, hand over, take and balance every renewal interval
-        until cancelled; lapsed leases are dropped the moment they lapse."""
-        async with anyio.create_task_group() as tasks:
-            self._tasks = tasks
-            tasks.start_soon(self._watch_expiry)
-            interval = self.timing.renew_interval
-            next_beat = self.clock()  # renew at once: start-up may have taken a while
-            while not self._closing:
-                beat = self.clock() >= next_beat
-                if beat:
-                    next_beat = self.clock() + interval * self._rng.uniform(0.9, 1.0)
-                await self.cycle(heartbeat=beat)
-                self._wake = anyio.Event()
-                # Wake for the next heartbeat, or the moment a silent peer's leases expire
-                # (not up to a renewal interval later), or a poke.
-                wake_at = min(next_beat, self._next_expiry())
-                if not self._group_ready:  # siblings are starting: look again soon
-                    wake_at = min(wake_at, self.clock() + min(0.1, interval))
-                with anyio.move_on_after(max(0.0, wake_at - self.clock())):
-                    await self._wake.wait()
-                    # a poke: let a burst of them (a listing page by page) come together
-                    await anyio.sleep(min(0.05, interval / 10))
+        """Scan, confirm, hand over, take and balance every renewal interval until
+        cancelled, while a thread renews (heartbeats); lapsed leases are dropped the moment
+        they lapse."""
+        self._start_beating()
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                tasks.start_soon(self._watch_expiry)
+                interval = self.timing.renew_interval
+                while not self._closing:
+                    next_cycle = self.clock() + interval * self._rng.uniform(0.9, 1.0)
+                    await self.cycle(heartbeat=False)
+                    self._wake = anyio.Event()
+                    # Wake for the next cycle, or the moment a silent peer's leases expire
+                    # (not up to a renewal interval later), or a poke.
+                    wake_at = min(next_cycle, self._next_expiry())
+                    if not self._group_ready:  # siblings are starting: look again soon
+                        wake_at = min(wake_at, self.clock() + min(0.1, interval))
+                    with anyio.move_on_after(max(0.0, wake_at - self.clock())):
+                        await self._wake.wait()
+                        # a poke: let a burst of them (a listing page by page) come together
+                        await anyio.sleep(min(0.05, interval / 10))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop_beating_now()
+
+    # -- renewals (a thread of their own) ---------------------------------------------------
+
+    def _start_beating(self) -> None:
+        """Renew from a thread: a loop busy with records (every shard reading at full speed)
+        can delay its tasks by seconds, a thread gets the interpreter within milliseconds."""
+        if self._beater is not None:
+            return
+        self._stop_beating.clear()
+        self._beater = threading.Thread(
+            target=self._beat_forever, name=f"fanout-heartbeat-{self.worker_id}", daemon=True
+        )
+        self._beater.start()
+
+    async def _stop_beating_now(self) -> None:
+        beater, self._beater = self._beater, None
+        if beater is not None:
+            self._stop_beating.set()
+            await anyio.to_thread.run_sync(beater.join, self.timing.duration)
+
+    def _beat_forever(self) -> None:
+        interval = self.timing.renew_interval
+        rng = random.Random()
+        while not self._stop_beating.wait(interval * rng.uniform(0.9, 1.0)):
+            started = self.clock()
+            beat = self._beat + 1
+            try:
+                self.store.heartbeat_sync(self._worker_row(beat))
+            except Exception as exc:  # noqa: BLE001 - any failure is a failed renewal
+                self._renew_failed(str(exc) or type(exc).__name__)
+                continue
+            self._beat = beat
+            self.renewals.renewed(started, self.clock())
 
     def _next_expiry(self) -> float:
         """When the next peer that stopped beating counts as dead (inf: none is due)."""
@@ -549,19 +628,12 @@ class LeaseCoordinator:
         return min(due, default=math.inf) + 0.01
 
     async def cycle(self, *, heartbeat: bool = True) -> None:
-        """One round: renew (with ``heartbeat``), scan, confirm held leases, hand over what
-        peers asked for, take and balance."""
+        """One round: renew (with ``heartbeat``: when no thread renews, as in tests), scan,
+        confirm held leases, hand over what peers asked for, take and balance."""
         if self._closing:
             return
-        started = self.clock()
-        renewed = False
         if heartbeat:
-            try:
-                with anyio.fail_after(self.timing.duration):
-                    await self._heartbeat()
-                renewed = True
-            except (FanoutError, TimeoutError) as exc:
-                self._renew_failed(str(exc) or "timed out")
+            await self.renew()
         scan_started = self.clock()
         try:
             with anyio.fail_after(self.timing.duration):
@@ -574,7 +646,7 @@ class LeaseCoordinator:
         if self._closing:
             return
         self._observe(snap, now)
-        self._confirm(snap, scan_started, started if renewed else None)
+        self._confirm(snap, scan_started)
         self._expire()
         by_stream: dict[str, dict[str, Checkpoint]] = {}
         for row in snap.shards:
@@ -590,33 +662,48 @@ class LeaseCoordinator:
         await self._forget_dead_workers(snap, now)
         self._update_gauges()
 
+    async def renew(self) -> bool:
+        """One heartbeat from the event loop (start-up; tests); True if it was written."""
+        started = self.clock()
+        try:
+            with anyio.fail_after(self.timing.duration):
+                await self._heartbeat()
+        except (FanoutError, TimeoutError) as exc:
+            self._renew_failed(str(exc) or "timed out")
+            return False
+        self.renewals.renewed(started, self.clock())
+        return True
+
+    def _worker_row(self, beat: int) -> WorkerRow:
+        return WorkerRow(
+            worker_id=self.worker_id,
+            heartbeat=beat,
+            heartbeat_at=time.time(),
+            started_at=self._started_at,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            sinks=self.sinks,
+            leases=len(self.held),
+        )
+
     async def _heartbeat(self) -> None:
         beat = self._beat + 1
-        await self.store.heartbeat(
-            WorkerRow(
-                worker_id=self.worker_id,
-                heartbeat=beat,
-                heartbeat_at=time.time(),
-                started_at=self._started_at,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                sinks=self.sinks,
-                leases=len(self.held),
-            )
-        )
+        await self.store.heartbeat(self._worker_row(beat))
         self._beat = beat
 
     def _renew_failed(self, error: str) -> None:
+        """A heartbeat failed (called from the heartbeat thread too: logging and the
+        Prometheus client are thread-safe)."""
         log.warning(
             "lease_renew_failed",
             extra={
                 "worker": self.worker_id,
                 "error": error,
                 "leases": len(self.held),
-                "valid_for_s": round(max(0.0, self._valid_until - self.clock()), 2),
+                "valid_for_s": round(max(0.0, self.renewals.left()), 2),
             },
         )
-        for arn in self._streams:
+        for arn in list(self._streams):
             self._event(arn, "renew_failed")
 
     def _observe(self, snap: Snapshot, now: float) -> None:
@@ -639,12 +726,10 @@ class LeaseCoordinator:
         ):
             self._group_ready = True
 
-    def _confirm(self, snap: Snapshot, scanned_from: float, renewed_at: float | None) -> None:
-        """Held leases the scan shows elsewhere are lost. When this cycle's heartbeat
-        succeeded, the others are extended: to ``renewed_at + duration - margin``, if they
-        were still valid when it started (a lapsed lease may have been taken meanwhile)."""
+    def _confirm(self, snap: Snapshot, scanned_from: float) -> None:
+        """Held leases the scan shows elsewhere are lost (moved by force: a hand-over this
+        worker did not answer in time, or a take while its renewals had lapsed)."""
         rows = {(r.stream_arn, r.shard_id): r for r in snap.shards}
-        extended = renewed_at + self.timing.duration - self.timing.margin if renewed_at else 0.0
         for key, held in list(self.held.items()):
             if held.acquired_at >= scanned_from:
                 continue  # taken while the scan ran: the scan may predate it
@@ -652,25 +737,16 @@ class LeaseCoordinator:
             if row is None or row.lease != held.token:
                 owner = row.owner if row is not None else None
                 self._lose(held, f"now held by {owner}" if owner else "released or gone")
-                continue
-            if renewed_at is not None and held.valid_until > renewed_at:
-                held.valid_until = extended
-        if renewed_at is not None:
-            # New takes: no peer can judge this worker dead before renewed_at + duration.
-            self._valid_until = extended
 
     def _expire(self) -> None:
-        now = self.clock()
         for held in list(self.held.values()):
-            if not held.lost and now >= held.valid_until:
+            if not held.lost and not held.valid():
                 self._lose(held, "not renewed in time")
 
     async def _watch_expiry(self) -> None:
-        """Drop each lease the moment it lapses, even while a store call hangs."""
+        """Drop leases the moment renewals lapse, even while a store call hangs."""
         while True:
-            now = self.clock()
-            valid = [h.valid_until for h in self.held.values() if not h.lost]
-            wait = min(valid, default=now + self.timing.renew_interval) - now
+            wait = self.renewals.left() if self.held else self.timing.renew_interval
             await anyio.sleep(max(0.01, min(wait, self.timing.renew_interval)))
             self._expire()
 
@@ -693,7 +769,11 @@ class LeaseCoordinator:
     def _may_take(self, now: float) -> bool:
         # A lease taken now is valid as long as this worker's last renewal: take only with
         # some of that left (the next renewal extends it).
-        return self._group_ready and now + self.timing.renew_interval / 2 < self._valid_until
+        return (
+            self._group_ready
+            and self.renewals.valid(self.renewals.epoch)
+            and now + self.timing.renew_interval / 2 < self.renewals.valid_until
+        )
 
     # -- taking and balancing ---------------------------------------------------------------
 
@@ -811,7 +891,7 @@ class LeaseCoordinator:
                 continue
             key = (claim.stream_arn, claim.shard_id)
             token = LeaseToken(self.worker_id, row.counter)
-            held = HeldLease(*key, token, self._valid_until, self.clock)
+            held = HeldLease(*key, token, self.renewals)
             self.held[key] = held
             if claim.owner == self.worker_id:
                 why = "handed over"

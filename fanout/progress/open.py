@@ -17,7 +17,7 @@ def open_store(config: Config, aws: AwsClients) -> CheckpointStore:
     if cp.store == "dynamodb":
         from fanout.progress.dynamodb import DynamoDBCheckpointStore
 
-        return DynamoDBCheckpointStore(
+        store = DynamoDBCheckpointStore(
             cp.table_name,
             config.application,
             aws,
@@ -25,6 +25,9 @@ def open_store(config: Config, aws: AwsClients) -> CheckpointStore:
             endpoint_url=cp.endpoint_url,
             create_table=cp.create_table,
         )
+        # a heartbeat that takes longer than a renewal interval is a failed one
+        store.heartbeat_timeout = cp.lease_duration / 3
+        return store
     from fanout.progress.sqlite import SQLiteCheckpointStore
 
     return SQLiteCheckpointStore(cp.path, config.application)

@@ -111,6 +111,9 @@ class SQLiteCheckpointStore:
         self._application = application
         self._db: sqlite3.Connection | None = None
         self._lock = anyio.Lock()
+        # The heartbeat thread's own connection (writes one row; WAL lets it in beside the
+        # event loop's connection, the busy timeout waits out a checkpoint transaction).
+        self._beat_db: sqlite3.Connection | None = None
 
     @property
     def application(self) -> str:
@@ -218,6 +221,9 @@ class SQLiteCheckpointStore:
             db, self._db = self._db, None
             async with self._lock:
                 await anyio.to_thread.run_sync(db.close)
+        if self._beat_db is not None:
+            beat, self._beat_db = self._beat_db, None
+            beat.close()
 
     # -- sync bodies (run in a thread) ------------------------------------------------------
 
@@ -399,8 +405,8 @@ class SQLiteCheckpointStore:
 
         return self._write(body)
 
-    def _heartbeat(self, w: WorkerRow) -> None:
-        self._connect().execute(
+    def _heartbeat(self, w: WorkerRow, db: sqlite3.Connection | None = None) -> None:
+        (db or self._connect()).execute(
             "INSERT INTO workers (application, worker_id, heartbeat, heartbeat_at, started_at, "
             "host, pid, sinks, leases) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (application, worker_id) DO UPDATE SET heartbeat = excluded.heartbeat, "
@@ -495,6 +501,20 @@ class SQLiteCheckpointStore:
 
     async def heartbeat(self, worker: WorkerRow) -> None:
         await self._call(self._heartbeat, worker)
+
+    def heartbeat_sync(self, worker: WorkerRow) -> None:
+        try:
+            if self._beat_db is None:
+                self._beat_db = sqlite3.connect(
+                    self.path,
+                    check_same_thread=False,
+                    isolation_level=None,
+                    timeout=_BUSY_TIMEOUT_S,
+                )
+                self._beat_db.execute("PRAGMA synchronous=FULL")
+            self._heartbeat(worker, self._beat_db)
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"checkpoint store {self.path}: {exc}") from exc
 
     async def remove_worker(self, worker_id: str, heartbeat: int | None = None) -> None:
         await self._call(self._remove_worker, worker_id, heartbeat)

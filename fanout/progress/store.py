@@ -237,6 +237,15 @@ class CheckpointStore(Protocol):
         """Write the worker's row (created on the first call)."""
         ...
 
+    def heartbeat_sync(self, worker: WorkerRow) -> None:
+        """``heartbeat``, blocking: called from the lease coordinator's heartbeat thread
+        (never from the event loop), so a loop busy with records cannot delay renewals.
+
+        Raises:
+            CheckpointError: the store failed.
+        """
+        ...
+
     async def remove_worker(self, worker_id: str, heartbeat: int | None = None) -> None:
         """Delete a worker row (only while its heartbeat is ``heartbeat``, when given)."""
         ...

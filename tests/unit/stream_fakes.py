@@ -562,6 +562,10 @@ class MemoryCheckpointStore:
         self._maybe_fail("heartbeat")
         self.workers[worker.worker_id] = worker
 
+    def heartbeat_sync(self, worker: WorkerRow) -> None:
+        self._maybe_fail("heartbeat")
+        self.workers[worker.worker_id] = worker
+
     async def remove_worker(self, worker_id: str, heartbeat: int | None = None) -> None:
         self._maybe_fail("remove_worker")
         row = self.workers.get(worker_id)
