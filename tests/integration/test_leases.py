@@ -208,7 +208,17 @@ def test_a_paused_worker_neither_delivers_nor_checkpoints_the_shards_it_lost(
         wait_until(lambda: len(table.workers()) == 2, 60, "two workers registered")
         ids = table.workers()
         wa, wb = ids[a.pid], ids[b.pid]
-        wait_until(lambda: balanced(table, [wa, wb]), 30, "an even spread")
+
+        def settled() -> bool:
+            # balanced, and a holds its shards itself (a row handed to a is a's in the
+            # table a moment before a takes it up)
+            if not balanced(table, [wa, wb]):
+                return False
+            mine = {s for s, owner in table.open_owners().items() if owner == wa}
+            taken = {e["shard"] for e in a.events("lease_taken")}
+            return bool(mine) and mine <= taken
+
+        wait_until(settled, 30, "an even spread, taken up")
         lost = {s for s, owner in table.open_owners().items() if owner == wa}
         assert len(lost) == 4
         a.signal(signal.SIGSTOP)
