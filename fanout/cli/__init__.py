@@ -63,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status.run(args)
         if args.command == "validate":
             config, _ = load(args)
-            print(f"ok: {len(config.streams)} stream(s), {len(config.sinks)} sink(s)")
+            print(
+                f"ok: {len(config.streams)} stream(s), {len(config.sinks)} sink(s), "
+                f"application {config.application}"
+            )
             return EXIT_OK
         return _run(args)
     except CommandError as exc:

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 
 def test_throughput_scenario_reads_every_record_and_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    argv = ["-s", "throughput", "--shards", "2", "--records", "4000", "--out", str(out)]
+    argv = ["-s", "throughput", "--shards", "2", "--records", "4000", "--processes", "1"]
+    argv += ["--out", str(out)]
 
     assert main(argv) == 0
 
@@ -89,6 +90,7 @@ def test_baseline_runs_beside_fanout_in_alternating_rounds(tmp_path: Path, check
     out = tmp_path / "results"
     argv = ["-s", "throughput", "--consumers", "fanout", "--shards", "2", "--records", "2000"]
     argv += ["--rounds", "2", "--baseline", "HEAD", "--baseline-dir", str(checkouts)]
+    argv += ["--processes", "1"]
 
     assert main([*argv, "--out", str(out)]) == 0
 
