@@ -72,6 +72,8 @@ T = TypeVar("T")
 MAX_STEALS_PER_CYCLE = 4
 # A worker row whose heartbeat stood still this many lease durations is deleted by peers.
 _FORGET_WORKERS_AFTER = 30
+# A loop that did not tick for this many lease durations is wedged: renewals stop.
+_WEDGED = 3
 # At start-up, workers whose heartbeat_at is older than this many lease durations (by this
 # host's clock) are not even watched for liveness when checking the sink set.
 _RECENT_BEATS = 3
@@ -311,6 +313,7 @@ class LeaseCoordinator:
         self.renewals = Renewals(self.timing, clock)
         self._beater: threading.Thread | None = None
         self._stop_beating = threading.Event()
+        self._loop_alive = clock()  # when the event loop last showed signs of life
         self._taking = True
         self._closing = False  # release_all began: cycles change nothing any more
         self._group_ready = group_size <= 1
@@ -606,8 +609,24 @@ class LeaseCoordinator:
     def _beat_forever(self) -> None:
         interval = self.timing.renew_interval
         rng = random.Random()
+        blocked = False
         while not self._stop_beating.wait(interval * rng.uniform(0.9, 1.0)):
             started = self.clock()
+            # A loop that showed no sign of life for this long is wedged, not busy (a busy
+            # one is late by seconds): stop renewing, so peers take its shards.
+            if started - self._loop_alive > _WEDGED * self.timing.duration:
+                if not blocked:
+                    blocked = True
+                    log.error(
+                        "event_loop_blocked",
+                        extra={
+                            "worker": self.worker_id,
+                            "seconds": round(started - self._loop_alive, 1),
+                            "note": "renewals stop: the leases expire and peers take them",
+                        },
+                    )
+                continue
+            blocked = False
             beat = self._beat + 1
             try:
                 self.store.heartbeat_sync(self._worker_row(beat))
@@ -744,8 +763,10 @@ class LeaseCoordinator:
                 self._lose(held, "not renewed in time")
 
     async def _watch_expiry(self) -> None:
-        """Drop leases the moment renewals lapse, even while a store call hangs."""
+        """Drop leases the moment renewals lapse, even while a store call hangs; and show
+        the heartbeat thread that the loop is alive."""
         while True:
+            self._loop_alive = self.clock()
             wait = self.renewals.left() if self.held else self.timing.renew_interval
             await anyio.sleep(max(0.01, min(wait, self.timing.renew_interval)))
             self._expire()

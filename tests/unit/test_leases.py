@@ -398,3 +398,34 @@ async def test_a_dead_worker_with_other_sinks_does_not_block_a_start(store):
     b.timing = LeaseTiming(0.2)
     await b.start()
     assert store.sinks == "audit=file"
+
+
+# -- the heartbeat thread ---------------------------------------------------------------------
+
+
+async def test_the_heartbeat_thread_renews_while_the_loop_is_busy_and_stops_if_it_is_wedged(
+    store, caplog
+):
+    import anyio
+
+    c = LeaseCoordinator(
+        store, Metrics(), sinks=SINKS, timing=LeaseTiming(0.6), worker_id="a"
+    )  # renewals every 0.2 s
+    await c.start()
+    first = store.workers["a"].heartbeat
+    c._start_beating()
+    try:
+        time.sleep(0.7)  # the loop does not run at all: the thread renews anyway
+        assert store.workers["a"].heartbeat >= first + 2
+        assert c.renewals.left() > 0
+        c._loop_alive = time.monotonic() - 10  # no sign of the loop for 10 s: wedged
+        await anyio.sleep(0.3)
+        stuck = store.workers["a"].heartbeat
+        time.sleep(0.5)
+        assert store.workers["a"].heartbeat == stuck
+        assert [r for r in caplog.records if r.getMessage() == "event_loop_blocked"]
+        c._loop_alive = time.monotonic()
+        await anyio.sleep(0.5)
+        assert store.workers["a"].heartbeat > stuck
+    finally:
+        await c._stop_beating_now()
