@@ -13,10 +13,14 @@ The protocol (``docs/leases.md`` has it with its timing and cost):
   that are readable (parent finished) are taken, conditional on the counter seen and, for
   an expired one, on the owner's heartbeat seen: an owner that renewed since keeps it.
 * A worker may act on a lease only until ``renewal start + lease_duration - margin``
-  (``margin = lease_duration / 5``), measured from the start of its last renewal that
-  succeeded *and* was confirmed by a scan of the rows: no peer can take the lease earlier
-  than ``lease_duration`` after that renewal started, so it stops reading first. The shard's
-  lanes check this before every ``send()`` and the checkpoint writer before every write.
+  (``margin = lease_duration / 5``) of its last renewal, and only if its renewals did not
+  lapse since it took the lease (``Renewals``: each renewal started before the previous
+  one's validity ended, and completed within ``lease_duration`` of the previous one's
+  start). No peer can take the lease earlier than ``lease_duration`` after a renewal
+  started, so the worker stops reading first. The shard's lanes check this before every
+  ``send()`` and dead-letter write, the reader before every ``GetRecords``, the checkpoint
+  writer before every write. Renewals run on a thread of their own, so a loop saturated
+  with records cannot delay them; the scan, takes and hand-overs run on the loop.
 * **Balance**: a worker aims at ``ceil(readable shards / live workers)`` of each stream. It
   takes unowned and expired leases up to that; when there are none and the busiest worker
   holds at least two more than it does, it asks that worker to hand some over (at most
@@ -318,7 +322,6 @@ class LeaseCoordinator:
         self._closing = False  # release_all began: cycles change nothing any more
         self._group_ready = group_size <= 1
         self._wake = anyio.Event()
-        self._snapshot: Snapshot | None = None
         self._tasks: TaskGroup | None = None
         self._rng = random.Random()
         self._live = 1
