@@ -5,10 +5,14 @@ on SIGTERM, a joining worker, a paused worker, and every record at every sink in
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from fanout.testing.streamserver import StreamServer
@@ -24,6 +28,7 @@ from tests.integration.leasekit import (
     shard_of,
     wait_until,
 )
+from tests.integration.process import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +79,18 @@ def server() -> Iterator[StreamServer]:
     server = StreamServer()
     with server.run_in_thread():
         yield server
+
+
+def fanout_status(config: Path) -> dict[str, Any]:
+    """``fanout status --json`` for ``config``, run as a user would."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fanout", "status", "--config", str(config), "--json"],
+        capture_output=True,
+        check=True,
+        cwd=REPO,
+    )
+    status: dict[str, Any] = orjson.loads(done.stdout)
+    return status
 
 
 def balanced(table: LeaseTable, ids: list[str]) -> bool:
@@ -236,6 +253,12 @@ def test_a_paused_worker_neither_delivers_nor_checkpoints_the_shards_it_lost(
         while time.monotonic() < deadline:
             samples.append({lease.shard_id: lease.sequence for lease in table.leases()})
             time.sleep(0.1)
+        status = fanout_status(config)
+        assert status["application"] == "paused"
+        assert status["checkpoint_store"].startswith(f"dynamodb table {table_name}")
+        assert {w["worker_id"] for w in status["workers"] if w["live"]} == {wa, wb}
+        owned = {s["shard_id"]: s["owner"] for s in status["shards"] if s["state"] == "open"}
+        assert set(owned.values()) <= {wa, wb, None}
     finally:
         writer.stop()
         code_a, code_b = a.stop(), b.stop()
