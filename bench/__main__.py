@@ -4,11 +4,15 @@ Scenarios (all by default; pick with ``--scenario``, repeatable):
 
 * ``throughput``: closed shards of pre-built 1,000-record pages on 4 and 64 shards, read to
   the end by fanout (three filtered sinks), by the floor (aiohttp + orjson only) and by
-  aiobotocore + TypeDeserializer; records/s and CPU seconds per million records;
+  aiobotocore + TypeDeserializer; records/s and CPU seconds per million records; on 64
+  shards also by fanout as two worker processes sharing the shards (``--processes``);
 * ``latency``: DynamoDB Local, 200 writes/s, write-to-sink latency percentiles;
 * ``idle``: 100 idle shards; GetRecords calls per idle shard-hour, then the latency of the
   first write to an idle shard;
-* ``scale``: 1,000 shards with a little data each; time to discover and drain, peak RSS.
+* ``scale``: 1,000 shards with a little data each; time to discover and drain, peak RSS;
+* ``leases``: one worker on 16 busy shards with the DynamoDB lease table (DynamoDB Local) at
+  the default lease settings; the table's requests by purpose and the read and write units
+  they make per shard-hour and per worker-hour (docs/leases.md, "Cost").
 
 ``--quick`` shrinks every scenario to a run of a minute or two. Results land in
 ``bench/results/<UTC time>.json`` (``--out`` to change the directory).
@@ -42,6 +46,7 @@ SCENARIOS: dict[str, Callable[[scenarios.Options], dict[str, Any]]] = {
     "latency": scenarios.latency,
     "idle": scenarios.idle,
     "scale": scenarios.scale,
+    "leases": scenarios.leases,
 }
 
 # (scenario, description, how to read the value from the results, comparison, bound)
@@ -67,6 +72,13 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, Any]], float], str, float]] = 
         "<=",
         0.15,
     ),
+    (
+        "throughput",
+        "fanout 2 processes / 1 process records/s, 64 shards",
+        lambda r: r["ratios"]["64"]["processes_2"],
+        ">=",
+        1.6,
+    ),
     ("latency", "p50 write-to-sink ms", lambda r: r["p50_ms"], "<=", 150.0),
     ("latency", "p99 write-to-sink ms", lambda r: r["p99_ms"], "<=", 500.0),
     (
@@ -84,6 +96,20 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, Any]], float], str, float]] = 
         250.0,
     ),
     ("scale", "peak RSS MB, 1,000 shards", lambda r: r["peak_rss_mb"], "<=", 300.0),
+    (
+        "leases",
+        "lease table write units per busy shard-hour",
+        lambda r: r["wru_per_busy_shard_hour"],
+        "<=",
+        760.0,
+    ),
+    (
+        "leases",
+        "lease table read units per shard-hour",
+        lambda r: r["rru_per_shard_hour"],
+        "<=",
+        100.0,
+    ),
 ]
 
 
@@ -115,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
         "--consumers",
         type=lambda s: tuple(s.split(",")),
         help="throughput: fanout,fanout-unfiltered,floor,aiobotocore (default all)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        help="throughput: also run fanout with these numbers of worker processes sharing the "
+        "shards, beside one process, on the largest shard count (default 2; 1 for none)",
     )
     parser.add_argument(
         "--rounds",
@@ -172,6 +204,8 @@ def options(args: argparse.Namespace) -> scenarios.Options:
         opts.throughput_records = args.records
     if args.consumers:
         opts.consumers = args.consumers
+    if args.processes:
+        opts.throughput_processes = args.processes
     if args.rounds is not None:
         opts.rounds = args.rounds
     if args.idle_seconds is not None:
@@ -254,6 +288,9 @@ def _throughput_table(tp: dict[str, Any]) -> list[str]:
                 parts.append(f"{other} x{ratio[f'vs_{other}']:.2f}")
         if "filter_cpu_overhead" in ratio:
             parts.append(f"filters +{ratio['filter_cpu_overhead']:.0%} CPU/record")
+        for key, value in ratio.items():
+            if key.startswith("processes_"):
+                parts.append(f"{key.removeprefix('processes_')} processes x{value:.2f}")
         if parts:
             lines.append(f"  fanout on {shards} shards: " + ", ".join(parts))
         if baseline and "vs_baseline" in ratio:
@@ -299,6 +336,23 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             "  "
             "first write delivered in " + ", ".join(_fmt(v) for v in idle["first_write_ms"]) + " ms"
+        )
+    ls = results.get("leases")
+    if ls:
+        lines.append(
+            f"lease table ({ls['shards']} busy shards, {ls['seconds']:.0f}s, lease_duration "
+            f"{ls['lease_duration']:g}s, checkpoints every {ls['checkpoint_interval']:g}s)"
+        )
+        lines.append(
+            f"  per shard-hour: {ls['checkpoint_writes_per_shard_hour']:,.0f} checkpoint writes "
+            f"({ls['wru_per_busy_shard_hour']:,.0f} WRU), {ls['rru_per_shard_hour']:,.1f} RRU "
+            f"(its {ls['shard_row_bytes']} B row in each scan), other writes "
+            f"{ls['other_writes_per_shard_hour']:,.1f}"
+        )
+        lines.append(
+            f"  per worker-hour: {ls['heartbeats_per_worker_hour']:,.0f} heartbeats "
+            f"({ls['wru_per_worker_hour']:,.0f} WRU), {ls['scans_per_worker_hour']:,.0f} scans "
+            f"of {ls['rru_per_scan']} RRU each"
         )
     sc = results.get("scale")
     if sc:

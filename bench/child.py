@@ -2,7 +2,11 @@
 
 Consumers:
 
-* ``fanout``: the real ``fanout.app.Worker`` with benchmark sinks (see ``bench.sinks``);
+* ``fanout``: the real ``fanout.app.Worker`` with benchmark sinks (see ``bench.sinks``); with
+  ``processes`` N > 1 this process starts N members (``bench.child`` again, one worker each,
+  sharing the shards through the SQLite store's leases as ``fanout run --processes N`` does)
+  and reports their sums: records, CPU seconds of all of them, and the wall time from the
+  first member's start to the last record any member read;
 * ``floor``: an asyncio loop that only fetches GetRecords pages with aiohttp and parses them
   with ``orjson.loads``: the least any Python consumer of the wire protocol can do;
 * ``aiobotocore``: what most users write first: aiobotocore's ``get_records`` and boto3's
@@ -21,7 +25,9 @@ reads (``consumer``, ``config``, ``url``, ``arn``, ``shards``, ``tune_gc``...) k
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
+import subprocess
 import sys
 import time
 from typing import Any, cast
@@ -90,7 +96,10 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
         from fanout.stream.reader import ReaderOptions
 
         options = ReaderOptions(min_poll_interval=spec["min_poll_interval"])
-    worker = Worker(config, handle_signals=False, reader_options=options)
+    group: dict[str, Any] = {}
+    if spec.get("group_size", 1) > 1:
+        group = {"group_size": spec["group_size"]}
+    worker = Worker(config, handle_signals=False, reader_options=options, **group)
     if spec.get("tune_gc", True):
         tune_gc()  # as ``fanout run`` does
     shards: int = spec.get("shards", 0)
@@ -130,17 +139,47 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
         return any(p.pending for w in worker.workers for p in list(w.progress.values()))
 
     timed_out = False
+    lease_requests: list[list[Any]] = []
+    leases_held = 0
+    # A group member: when it last read a record or held unsettled ones (the group's wall
+    # time ends at the latest of these; monotonic time is one clock for every process).
+    last_active = time.monotonic()
+
+    async def watch_activity() -> None:
+        nonlocal last_active
+        seen = -1
+        while True:
+            now = read()
+            if now != seen or pending():
+                seen, last_active = now, time.monotonic()
+            await anyio.sleep(0.005)
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
         await worker.started.wait()
         if spec.get("window_from") != "process":
             window.start()
+        started_at = time.monotonic()
+        if group:
+            tg.start_soon(watch_activity)
         with anyio.move_on_after(timeout) as scope:
             if spec.get("ready_when_running"):
                 while running() < spec["ready_when_running"]:
                     await anyio.sleep(0.01)
                 _ready()
-            if expect:
+            if spec.get("lease_window"):
+                # the lease store's requests over a window, after a warm-up
+                await anyio.sleep(spec.get("lease_warmup", 0.0))
+                before = dict(getattr(worker.store, "requests", {}))
+                window.start()
+                await anyio.sleep(spec["lease_window"])
+                after = dict(getattr(worker.store, "requests", {}))
+                leases_held = len(worker.leases.held)
+                lease_requests = [
+                    [purpose, op, n - before.get((purpose, op), 0)]
+                    for (purpose, op), n in sorted(after.items())
+                ]
+            elif expect:
                 while sum(bench_sinks.counts.get(n, 0) for n in spec["expect_sinks"]) < expect:
                     await anyio.sleep(0.005)
             elif expect_read:
@@ -151,8 +190,15 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
                     await anyio.sleep(0.01)
         timed_out = scope.cancelled_caught
         window.stop()
+        ended_at = time.monotonic()
         worker.stop()
+        if group:
+            tg.cancel_scope.cancel()
+    if group:
+        ended_at = last_active
     return {
+        "window_start": started_at,
+        "window_end": ended_at,
         "consumer": "fanout",
         "records": read(),
         "wall": window.wall,
@@ -165,6 +211,8 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
         "get_records_calls": get_records_calls(),
         "timed_out": timed_out,
         "exit_code": code[0] if code else None,
+        "lease_requests": lease_requests,
+        "leases_held": leases_held,
     }
 
 
@@ -289,7 +337,65 @@ async def run_aiobotocore(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-CONSUMERS = {"fanout": run_fanout, "floor": run_floor, "aiobotocore": run_aiobotocore}
+def run_group(spec: dict[str, Any]) -> dict[str, Any]:
+    """``processes`` members, each a ``bench.child`` running one fanout worker; their sums."""
+    count = int(spec["processes"])
+    members = []
+    for _ in range(count):
+        member = dict(spec, processes=1, group_size=count)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=os.environ,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(orjson.dumps(member))
+        proc.stdin.close()
+        members.append(proc)
+    results = []
+    for proc in members:
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        code = proc.wait()
+        lines = [line for line in out.splitlines() if line.startswith(b"{")]
+        if code != 0 or not lines:
+            raise RuntimeError(f"a group member exited with {code}")
+        results.append(orjson.loads(lines[-1]))
+    start = min(r["window_start"] for r in results)
+    end = max(r["window_end"] for r in results)
+    sinks: dict[str, int] = {}
+    for r in results:
+        for name, n in r["sinks"].items():
+            sinks[name] = sinks.get(name, 0) + n
+    return {
+        "consumer": "fanout",
+        "processes": count,
+        "records": sum(r["records"] for r in results),
+        "wall": end - start,
+        "cpu": sum(r["cpu"] for r in results),
+        "peak_rss_mb": sum(r["peak_rss_mb"] for r in results),
+        "sinks": sinks,
+        "latencies": [],
+        "written": [],
+        "finished_shards": max(r["finished_shards"] for r in results),
+        "get_records_calls": sum(r["get_records_calls"] for r in results),
+        "timed_out": any(r["timed_out"] for r in results),
+        "exit_code": max(r["exit_code"] or 0 for r in results),
+        "members": [
+            {k: r[k] for k in ("records", "cpu", "wall", "peak_rss_mb", "get_records_calls")}
+            for r in results
+        ],
+    }
+
+
+async def _fanout(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("processes", 1) > 1:
+        return await asyncio.to_thread(run_group, spec)
+    return await run_fanout(spec)
+
+
+CONSUMERS = {"fanout": _fanout, "floor": run_floor, "aiobotocore": run_aiobotocore}
 
 
 def main() -> int:

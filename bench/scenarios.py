@@ -73,6 +73,9 @@ class Options:
     throughput_shards: tuple[int, ...] = (4, 64)
     throughput_records: int = 256_000  # per shard count, spread over the shards
     consumers: tuple[str, ...] = ("fanout", "fanout-unfiltered", "floor", "aiobotocore")
+    # fanout with this many worker processes (sharing the shards through the SQLite store's
+    # leases, as `fanout run --processes N`), beside one process, on the largest shard count
+    throughput_processes: tuple[int, ...] = (2,)
     latency_seconds: float = 30.0
     latency_rate: float = 200.0
     latency_warmup: float = 5.0
@@ -82,6 +85,9 @@ class Options:
     idle_writes: int = 5
     max_idle_interval: float = 2.0
     min_poll_interval: float | None = None  # None: the worker's default
+    lease_shards: int = 16
+    lease_seconds: float = 60.0
+    lease_warmup: float = 12.0
     scale_shards: int = 1000
     scale_records_per_shard: int = 20
     rounds: int = 1  # throughput: every consumer reads everything once per round
@@ -102,6 +108,7 @@ class Options:
             idle_warmup=5.0,
             idle_writes=3,
             scale_records_per_shard=5,
+            lease_seconds=20.0,
         )
 
 
@@ -159,6 +166,7 @@ class _Consumer:
     kind: str  # the spec's "consumer": fanout, floor or aiobotocore
     sinks: dict[str, dict[str, Any]] | None = None  # fanout's sinks
     tree: Path = REPO
+    processes: int = 1  # fanout worker processes sharing the shards
 
 
 def _throughput_consumers(opts: Options) -> list[_Consumer]:
@@ -178,6 +186,12 @@ def _throughput_consumers(opts: Options) -> list[_Consumer]:
             consumers.append(_Consumer(name, "fanout", UNFILTERED_SINKS))
         else:
             consumers.append(_Consumer(name, name))
+    if "fanout" in names:
+        for count in opts.throughput_processes:
+            if count > 1:
+                consumers.append(
+                    _Consumer(f"fanout-{count}p", "fanout", FILTERED_SINKS, processes=count)
+                )
     return consumers
 
 
@@ -199,6 +213,8 @@ def _read_all(
         )
     if consumer.kind != "aiobotocore":
         spec["tune_gc"] = opts.tune_gc
+    if consumer.processes > 1:
+        spec["processes"] = consumer.processes
     profile = f"{consumer.name}-{shards}" + (f"-{round_ + 1}" if opts.rounds > 1 else "")
     server_cpu = time.process_time()
     result = run_child(
@@ -257,9 +273,11 @@ def throughput(opts: Options) -> dict[str, Any]:
     the run (other load, thermal state) touches every consumer alike; rows report medians
     and the best round. A baseline consumer always runs next to fanout.
     """
-    consumers = _throughput_consumers(opts)
+    every = _throughput_consumers(opts)
     rows: list[dict[str, Any]] = []
     for shards in opts.throughput_shards:
+        largest = shards == max(opts.throughput_shards)
+        consumers = [c for c in every if c.processes == 1 or largest]
         per_shard = max(1, opts.throughput_records // shards)
         total = per_shard * shards
         server, stream = _stream_server(shards, per_shard, closed=True)
@@ -289,6 +307,11 @@ def throughput(opts: Options) -> dict[str, Any]:
         if bare and bare["cpu_s_per_million"]:
             # CPU per record with three filtered sinks over the same run without filters.
             entry["filter_cpu_overhead"] = fan["cpu_s_per_million"] / bare["cpu_s_per_million"] - 1
+        for count in opts.throughput_processes:
+            several = by.get((f"fanout-{count}p", shards))
+            if several and count > 1 and fan["records_per_s"]:
+                # above 1: N processes read faster than one (2 cores: at most about 2)
+                entry[f"processes_{count}"] = several["records_per_s"] / fan["records_per_s"]
         if opts.baseline is not None:
             old = by[(opts.baseline.consumer, shards)]
             if old["records_per_s"] and old["cpu_s_per_million"]:
@@ -544,4 +567,122 @@ def scale(opts: Options) -> dict[str, Any]:
         "peak_rss_mb": result["peak_rss_mb"],
         "describe_stream_calls": describe_calls,
         "get_records_calls": get_records_calls,
+    }
+
+
+# -- 5. lease table cost --------------------------------------------------------------------
+
+
+def item_size(item: dict[str, Any]) -> int:
+    """A DynamoDB item's size as DynamoDB counts it: attribute names plus values (strings in
+    UTF-8 bytes, numbers about one byte per two significant digits plus one, booleans one)."""
+    size = 0
+    for name, value in item.items():
+        size += len(name.encode())
+        (kind, raw), *_ = value.items()
+        if kind == "S":
+            size += len(str(raw).encode())
+        elif kind == "N":
+            digits = str(raw).lstrip("-").replace(".", "").strip("0") or "0"
+            size += (len(digits) + 1) // 2 + 1
+        else:
+            size += 1
+    return size
+
+
+def leases(opts: Options) -> dict[str, Any]:
+    """One worker on busy shards with the DynamoDB lease table (DynamoDB Local) at the
+    default lease settings: the table's requests by purpose, item sizes, and what that
+    makes in DynamoDB read and write units per shard-hour and per worker-hour."""
+    import math
+    import threading
+
+    import boto3
+
+    from fanout.testing import dynamodb_local as local
+    from fanout.testing.streamserver import Change
+
+    use_local_env()
+    emulator = local.fetch(local.default_cache_dir(REPO))
+    shards = opts.lease_shards
+    server, stream = _stream_server(shards, 0, closed=False)
+    stop = threading.Event()
+
+    def write() -> None:  # every shard gets a record every 250 ms: its checkpoint moves
+        i = 0
+        while not stop.wait(0.25):
+            for shard in stream.shards:
+                i += 1
+                keys = {"pk": {"S": f"item-{i % 500}"}, "sk": {"S": "v"}}
+                server.put(shard, Change("MODIFY", keys, {**keys, "v": {"N": str(i)}}, None))
+
+    work = Path(tempfile.mkdtemp(prefix="leases-", dir=opts.logs))
+    with local.DynamoDBLocal(emulator_dir=emulator) as ddb, server.run_in_thread():
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        config = _fanout_config(
+            work,
+            {"stream_arn": stream.arn, "endpoint_url": server.endpoint_url},
+            {"audit": {"type": COUNT_TYPE}},
+        )
+        config["application"] = "bench"
+        config["checkpoints"] = {  # lease_duration and interval at their defaults
+            "store": "dynamodb",
+            "table": "fanout-leases",
+            "create_table": True,
+            "endpoint_url": ddb.endpoint_url,
+            "region": REGION,
+        }
+        spec = _fanout_spec(
+            opts,
+            config,
+            lease_window=opts.lease_seconds,
+            lease_warmup=opts.lease_warmup,
+            timeout=opts.lease_warmup + opts.lease_seconds + 120,
+        )
+        result = run_child(spec, work / "child.log", opts.lease_warmup + opts.lease_seconds + 180)
+        stop.set()
+        writer.join(5)
+        client = boto3.client("dynamodb", endpoint_url=ddb.endpoint_url, region_name=REGION)
+        items = client.query(
+            TableName="fanout-leases",
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": "app#bench"}},
+        )["Items"]
+    counts: dict[str, int] = {}
+    for purpose, op, n in result["lease_requests"]:
+        counts[f"{purpose}:{op}"] = n
+    hours = opts.lease_seconds / 3600
+    shard_rows = [i for i in items if i["sk"]["S"].startswith("shard#")]
+    shard_bytes = sum(item_size(i) for i in shard_rows) / max(1, len(shard_rows))
+    all_bytes = sum(item_size(i) for i in items)
+    heartbeats = counts.get("heartbeat:update_item", 0)
+    scans = counts.get("scan:query", 0)
+    checkpoints = counts.get("save:update_item", 0)
+    other_writes = sum(
+        n
+        for key, n in counts.items()
+        if key.split(":")[1] in ("update_item", "delete_item", "transact_write_items")
+        and key not in ("heartbeat:update_item", "save:update_item")
+    )
+    return {
+        "shards": shards,
+        "seconds": opts.lease_seconds,
+        "lease_duration": 10.0,
+        "checkpoint_interval": 5.0,
+        "requests": counts,
+        "leases_held": result["leases_held"],
+        "shard_row_bytes": round(shard_bytes),
+        "application_bytes": all_bytes,
+        "heartbeats_per_worker_hour": heartbeats / hours,
+        "scans_per_worker_hour": scans / hours,
+        "checkpoint_writes_per_shard_hour": checkpoints / shards / hours,
+        "other_writes_per_shard_hour": other_writes / shards / hours,
+        # a write of an item up to 1 KB is one write unit
+        "wru_per_busy_shard_hour": checkpoints / shards / hours * math.ceil(shard_bytes / 1024),
+        "wru_per_worker_hour": heartbeats / hours,
+        # a strongly consistent read is one read unit per 4 KB: a shard's row in each scan
+        "rru_per_shard_hour": scans / hours * shard_bytes / 4096,
+        "rru_per_scan": math.ceil(all_bytes / 4096),
+        "timed_out": result["timed_out"],
     }

@@ -1,10 +1,16 @@
 """The composition root: builds every part from the config, runs them, shuts down in order.
 
+Start-up: open the checkpoint store, register this worker with the application's lease
+coordinator (which refuses to start beside live workers running other sinks), start the
+sinks, then read: a shard is read only under a lease of this worker.
+
 Shutdown (SIGTERM/SIGINT, or ``Worker.stop()``):
-  1. stop reading: every shard reader is cancelled, lanes get no new records;
+  1. stop reading and taking leases: every shard reader is cancelled, lanes get no new
+     records (leases are still renewed);
   2. drain: lanes deliver what they hold, for at most ``shutdown_grace`` seconds;
   3. write checkpoints (shielded), so a restart resumes right after what was settled;
-  4. stop the sinks in reverse order of starting.
+  4. release every lease, so peers take the shards at once;
+  5. stop the sinks in reverse order of starting.
 
 After a signal, ``ExitDeadline`` ends the process ``EXIT_MARGIN_S`` after the grace if it
 is still there (a handler blocking the event loop for good); ``LoopWatchdog`` reports an
@@ -27,12 +33,13 @@ from fanout.aws.clients import AwsClients
 from fanout.config import Config, SinkConfig, StreamConfig
 from fanout.delivery import Route, SinkGate
 from fanout.delivery import deadletter as dead_letters
-from fanout.errors import FanoutError
+from fanout.errors import ConfigError, FanoutError
 from fanout.filters import compile_filters
 from fanout.httpclient import HttpClient
 from fanout.observe.metrics import Metrics
 from fanout.observe.watchdog import EXIT_MARGIN_S, ExitDeadline, LoopWatchdog
-from fanout.progress.sqlite import SQLiteCheckpointStore
+from fanout.progress.leases import LeaseCoordinator, LeaseTiming
+from fanout.progress.open import open_store
 from fanout.progress.store import CheckpointStore
 from fanout.progress.tracker import ShardProgress
 from fanout.progress.writer import CheckpointWriter
@@ -59,8 +66,10 @@ class Worker:
         streams: builds the DynamoDB Streams calls of a configured stream (a fake, in
             tests; the caller opens and closes it). Default: a ``StreamsClient`` per region
             and endpoint, opened and closed by the worker.
-        store: the checkpoint store (opened and closed by the worker). Default: the SQLite
-            file ``checkpoints.path``.
+        store: the checkpoint store (opened and closed by the worker). Default: the one
+            ``checkpoints`` configures, for the config's application.
+        group_size: worker processes started together on this host (``--processes``).
+        worker_id: this worker's id in the lease table (default: host, pid, random).
     """
 
     def __init__(
@@ -74,6 +83,8 @@ class Worker:
         streams: Callable[[StreamConfig], StreamsAPI] | None = None,
         store: CheckpointStore | None = None,
         aws: AwsClients | None = None,
+        group_size: int = 1,
+        worker_id: str | None = None,
     ) -> None:
         self.config = config
         self.settings = config.settings
@@ -82,9 +93,13 @@ class Worker:
         self.backoff = backoff
         self.handle_signals = handle_signals
         self._streams_factory = streams
-        self.store: CheckpointStore = (
-            store if store is not None else SQLiteCheckpointStore(self.settings.checkpoints.path)
-        )
+        # One AWS session and one HTTP session for the process (the checkpoint store, the
+        # stream clients, the sinks and the SQS dead-letter destinations use them); closed at
+        # shutdown unless they were handed in.
+        self.aws = aws or AwsClients()
+        self._owns_aws = aws is None
+        self.http = HttpClient()
+        self.store: CheckpointStore = store if store is not None else open_store(config, self.aws)
         self.checkpoints = CheckpointWriter(
             self.store,
             self.metrics,
@@ -93,14 +108,19 @@ class Worker:
             retry=(reader_options or ReaderOptions()).retry,
             on_flush=self.update_gauges,
         )
+        self.leases = LeaseCoordinator(
+            self.store,
+            self.metrics,
+            sinks=config.sink_set(),
+            timing=LeaseTiming(self.settings.checkpoints.lease_duration),
+            group_size=group_size,
+            worker_id=worker_id,
+            shared_clock=self.settings.checkpoints.store == "sqlite",
+            call=lambda fn: self.checkpoints.call(fn, stream="*"),
+        )
+        self.checkpoints.on_rejected = self.leases.rejected
         self.workers: list[StreamWorker] = []
         self.sinks: dict[str, Sink] = {}
-        # One AWS session and one HTTP session for the process (the stream clients, the
-        # sinks and the SQS dead-letter destinations use them); closed at shutdown unless
-        # they were handed in.
-        self.aws = aws or AwsClients()
-        self._owns_aws = aws is None
-        self.http = HttpClient()
         # One gate per sink, shared by its lanes and by dead-letter writes into it.
         self.gates = {name: SinkGate(cfg.max_in_flight) for name, cfg in config.sinks.items()}
         self.http_port: int | None = None
@@ -195,11 +215,12 @@ class Worker:
         """Run until stopped; returns the process exit code (0 on a clean stop)."""
         try:
             async with AsyncExitStack() as stack:
-                await self.store.open()
-                stack.push_async_callback(self.store.aclose)
                 if self._owns_aws:
                     stack.push_async_callback(self.aws.aclose)  # after everything using it
+                await self.store.open()
+                stack.push_async_callback(self.store.aclose)
                 stack.push_async_callback(self.http.aclose)
+                await self.leases.start()
                 clients = await self._stream_clients(stack)
                 self.sinks = self._build_sinks()
                 for sink in self.sinks.values():
@@ -217,10 +238,27 @@ class Worker:
 
                         self.http_port = await services.start(serve, self)
                     services.start_soon(self.checkpoints.run)
+                    services.start_soon(self.leases.run)
                     await self._read_and_drain(clients, routes)
+                    # Leases are still renewed here: the last checkpoints are written under
+                    # them, then they are released so peers take the shards at once.
+                    # Shielded, and bounded: a store that stopped answering must not keep
+                    # the process from exiting (peers then wait for the leases to expire).
+                    bound = max(5.0, self.settings.checkpoints.lease_duration)
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            with anyio.fail_after(bound):
+                                await self.checkpoints.close()
+                        except TimeoutError:
+                            log.error("checkpoint_failed", extra={"error": "final flush timed out"})
+                        finally:
+                            with anyio.move_on_after(bound):
+                                await self.leases.release_all()
                     services.cancel_scope.cancel()
-                await self.checkpoints.close()
                 log.info("worker_stopped", extra={"reason": "fatal" if self._fatal else "stop"})
+        except ConfigError as exc:
+            log.error("worker_failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return 2
         except FanoutError as exc:
             log.error("worker_failed", extra={"error": f"{type(exc).__name__}: {exc}"})
             return 1
@@ -268,6 +306,7 @@ class Worker:
                         lanes,
                         self.reader_options,
                         on_fatal=self._on_fatal,
+                        leases=self.leases,
                     )
                     for name, cfg in self.settings.streams.items()
                 ]
@@ -277,14 +316,29 @@ class Worker:
                     self.started.set()
                     log.info(
                         "worker_started",
-                        extra={"streams": list(self.settings.streams), "sinks": list(self.sinks)},
+                        extra={
+                            "application": self.store.application,
+                            "worker": self.leases.worker_id,
+                            "streams": list(self.settings.streams),
+                            "sinks": list(self.sinks),
+                        },
                     )
                     await self._stop.wait()
+                    self.leases.stop_taking()
                     readers.cancel_scope.cancel()
                 log.info("draining", extra={"grace_s": grace})
                 drain.deadline = anyio.current_time() + grace
         if drain.cancelled_caught:
-            log.warning("drain_timed_out", extra={"grace_s": grace})
+            pending = [
+                {"stream": w.name, "shard": p.shard_id, "lease_valid": p.may_deliver()}
+                for w in self.workers
+                for p in list(w.progress.values())
+                if p.pending
+            ]
+            log.warning(
+                "drain_timed_out",
+                extra={"grace_s": grace, "pending_shards": len(pending), "shards": pending[:10]},
+            )
 
     async def _run_stream(self, worker: StreamWorker, readers: TaskGroup) -> None:
         try:

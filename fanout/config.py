@@ -31,6 +31,10 @@ from fanout.errors import ConfigError
 from fanout.shapes import check_http_url, check_sqs_queue_url, check_stream_arn, is_sqs_queue_name
 from fanout.sink import SinkRegistry, SinkType
 
+DEFAULT_LEASE_TABLE = "fanout-leases"
+DEFAULT_APPLICATION = "fanout"
+_APPLICATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -151,15 +155,51 @@ class StreamConfig(Model):
 
 
 class CheckpointConfig(Model):
-    """Where progress is stored."""
+    """Where progress and leases are stored, and how long a lease lasts."""
 
-    store: Literal["sqlite"] = Field("sqlite", description="Checkpoint store.")
-    path: str = Field("./fanout.db", description="SQLite database file.")
+    store: Literal["sqlite", "dynamodb"] = Field(
+        "sqlite",
+        description="sqlite: one file, shared by the worker processes of one host; dynamodb: "
+        "one table, shared by workers on any number of hosts.",
+    )
+    path: str = Field("./fanout.db", description="SQLite database file (store sqlite).")
+    table: str | None = Field(
+        None, description="DynamoDB table (store dynamodb); default fanout-leases."
+    )
+    create_table: bool = Field(
+        False, description="Create the DynamoDB table (on demand capacity) if it is missing."
+    )
+    region: str | None = Field(None, description="AWS region of the table (store dynamodb).")
+    endpoint_url: str | None = Field(
+        None, description="DynamoDB endpoint (store dynamodb), e.g. DynamoDB Local."
+    )
     interval: Duration = Field(
         5.0,
         gt=0,
         description="Checkpoints are written at most this often (and at shard end and shutdown).",
     )
+    lease_duration: Duration = Field(
+        10.0,
+        ge=0.5,
+        le=600,
+        description="A worker reads a shard only while its lease is renewed within this "
+        "time; a crashed worker's shards move to its peers after about this long.",
+    )
+
+    @model_validator(mode="after")
+    def _store_keys(self) -> CheckpointConfig:
+        if self.store == "sqlite":
+            for key in ("table", "region", "endpoint_url"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"'{key}' applies to store dynamodb only")
+            if self.create_table:
+                raise ValueError("'create_table' applies to store dynamodb only")
+        return self
+
+    @property
+    def table_name(self) -> str:
+        """The DynamoDB table (store dynamodb)."""
+        return self.table or DEFAULT_LEASE_TABLE
 
 
 class RetryConfig(Model):
@@ -316,6 +356,17 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    application: str | None = Field(
+        None,
+        description="Who the checkpoints belong to: workers of one application share its "
+        "shards and run the same sinks. Default: the config file's name without its "
+        "extension (orders.yaml: orders).",
+    )
+    processes: int | Literal["auto"] = Field(
+        1,
+        description="Worker processes `fanout run` starts on this host, sharing the shards "
+        "through the checkpoint store; auto: one per CPU.",
+    )
     streams: dict[str, StreamConfig] = Field(description="Streams to read, by name.")
     sinks: dict[str, dict[str, Any]] = Field(
         description="Sinks by name; each has a `type` and that type's options."
@@ -355,6 +406,22 @@ class Settings(BaseSettings):
         # The YAML file arrives as init kwargs; the environment overrides it.
         return (env_settings, init_settings)
 
+    @field_validator("application")
+    @classmethod
+    def _application_name(cls, value: str | None) -> str | None:
+        if value is not None and not _APPLICATION.match(value):
+            raise ValueError(
+                "use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("processes")
+    @classmethod
+    def _processes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("must be 1 to 256, or auto")
+        return value
+
     @field_validator("streams", "sinks")
     @classmethod
     def _not_empty(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -373,6 +440,7 @@ class Config:
         types: dict[str, SinkType[Any]] | None = None,
         *,
         code_path: str | None = None,
+        source: Path | None = None,
     ) -> None:
         self.settings = settings
         self.sinks = sinks
@@ -381,6 +449,29 @@ class Config:
         """The resolved top-level ``code_path`` (an absolute directory)."""
         self.notes: list[str] = []
         """What loading it noted (settings of a trigger file that are ignored here)."""
+        self.source = source
+
+    @property
+    def application(self) -> str:
+        """Who the checkpoints belong to: ``application``, else the config file's name
+        without its extension, else ``fanout``."""
+        if self.settings.application:
+            return self.settings.application
+        if self.source is not None:
+            return application_from_path(self.source)
+        return DEFAULT_APPLICATION
+
+    @property
+    def processes(self) -> int:
+        """Worker processes to start on this host (``auto``: the CPU count)."""
+        wanted = self.settings.processes
+        if wanted == "auto":
+            return max(1, os.cpu_count() or 1)
+        return wanted
+
+    def sink_set(self) -> dict[str, str]:
+        """Every sink's name and type: what the workers of one application must share."""
+        return {name: cfg.type for name, cfg in sorted(self.sinks.items())}
 
     def sink_type(self, name: str) -> SinkType[Any]:
         """The type of the sink called ``name``."""
@@ -397,6 +488,14 @@ class Config:
     @property
     def streams(self) -> dict[str, StreamConfig]:
         return self.settings.streams
+
+
+def application_from_path(path: str | os.PathLike[str]) -> str:
+    """The default application name of a config file: its name without the extension, with
+    characters a name cannot hold replaced by ``-`` (``orders.yaml``: ``orders``)."""
+    stem = Path(path).stem
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", stem).lstrip("._-")[:128]
+    return name or DEFAULT_APPLICATION
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -520,6 +619,7 @@ def build_config(
     *,
     base_dir: str | os.PathLike[str] | None = None,
     check: bool = True,
+    source: Path | None = None,
 ) -> Config:
     """Validate raw settings (YAML data; the environment overrides it) into a Config.
 
@@ -535,6 +635,7 @@ def build_config(
             it, and it is the default ``code_path`` (default: the working directory).
         check: run each sink type's start-up check (False: options are validated, nothing
             is imported).
+        source: the config file (its name is the default application name).
     """
     registry = SinkRegistry() if registry is None else registry
     base = Path(base_dir if base_dir is not None else Path.cwd()).resolve()
@@ -576,7 +677,7 @@ def build_config(
     if errors:
         raise combine(errors)
     assert settings is not None
-    return Config(settings, sink_configs, types, code_path=code_path)
+    return Config(settings, sink_configs, types, code_path=code_path, source=source)
 
 
 def _build_sink(
@@ -651,4 +752,5 @@ def load_config(
     path = path or os.environ.get("FANOUT_CONFIG")
     data = read_yaml(path) if path else {}
     base = Path(path).resolve().parent if path else None
-    return build_config(data, registry, base_dir=base, check=check)
+    source = Path(path) if path else None
+    return build_config(data, registry, base_dir=base, check=check, source=source)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the worker")
     add_config_option(run)
     run.add_argument("--log-format", choices=["json", "text"], help="override log_format")
+    run.add_argument(
+        "--processes",
+        type=_processes,
+        help="worker processes on this host sharing the shards (a number or auto: one per "
+        "CPU); overrides the config's processes",
+    )
+    # Set by `--processes` for the workers it starts: how many were started together.
+    run.add_argument("--group-size", type=int, help=argparse.SUPPRESS)
     validate = sub.add_parser("validate", help="check a config file without connecting")
     add_config_option(validate)
     sub.add_parser("schema", help="print the JSON Schema of the config file")
@@ -39,6 +48,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_parser(sub)
     importer.add_parser(sub)
     return parser
+
+
+def _processes(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of processes, or auto") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError("must be 1 to 256, or auto")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,7 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             config, _ = load(args)
             for note in config.notes:
                 print(f"fanout: note: {note}", file=sys.stderr)
-            print(f"ok: {len(config.streams)} stream(s), {len(config.sinks)} sink(s)")
+            print(
+                f"ok: {len(config.streams)} stream(s), {len(config.sinks)} sink(s), "
+                f"application {config.application}"
+            )
             return EXIT_OK
         return _run(args)
     except CommandError as exc:
@@ -91,6 +115,13 @@ def _run(args: argparse.Namespace) -> int:
     logs.setup(args.log_format or settings.log_format, settings.log_level, secrets=secrets)
     for note in config.notes:
         logging.getLogger("fanout.config").warning("config_note", extra={"note": note})
+    processes = config.processes
+    if args.processes is not None:
+        processes = max(1, os.cpu_count() or 1) if args.processes == "auto" else args.processes
+    if args.group_size is None and processes > 1:
+        from fanout.cli.supervise import supervise
+
+        return supervise(config, path, processes, args.log_format)
     from fanout.cli.preflight import check_streams
     from fanout.errors import ConfigError
     from fanout.observe import sentry
@@ -101,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), EXIT_CONFIG) from exc
     try:
         anyio.run(check_streams, config)
-        worker = Worker(config)
+        worker = Worker(config, group_size=args.group_size or 1)
         tune_gc()
         code = anyio.run(worker.run)
         worker.exit_deadline.cancel()

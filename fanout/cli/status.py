@@ -1,8 +1,9 @@
-"""``fanout status``: shards, checkpoints, checkpoint age and dead-letter counts, offline.
+"""``fanout status``: shards, checkpoints, leases, workers and dead-letter counts, offline.
 
 Everything comes from the checkpoint store and the dead-letter files named in the config;
-nothing talks to AWS, so it works next to a running worker (SQLite in WAL mode lets a
-reader in while the worker writes) and when the stream is unreachable.
+nothing reads the stream, so it works next to running workers (SQLite in WAL mode lets a
+reader in while they write) and when the stream is unreachable. With the DynamoDB store it
+reads the lease table (one Query).
 
 The age of a shard's checkpoint is how long ago it last moved. It bounds the lag from
 above: on a busy shard a large age means the worker is behind or stuck, on a quiet shard
@@ -25,7 +26,7 @@ from fanout.errors import FanoutError
 
 if TYPE_CHECKING:
     from fanout.config import Config
-    from fanout.progress.store import Checkpoint
+    from fanout.progress.store import Checkpoint, Snapshot
 
 EXIT_NO_STORE = EXIT_FAILED
 
@@ -39,6 +40,9 @@ class ShardStatus:
     sequence_number: str | None
     updated_at: float
     checkpoint_age_s: float
+    owner: str | None  # the worker holding its lease
+    lease_age_s: float | None  # since the owner took it
+    handoff_to: str | None  # a worker that asked for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,19 @@ class StreamStatus:
     open_shards: int
     finished_shards: int
     max_checkpoint_age_s: float | None  # over open shards
+    held_shards: int  # open shards whose lease a live worker holds
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    worker_id: str
+    host: str
+    pid: int
+    leases: int  # held at its last heartbeat
+    heartbeat_age_s: float  # by this host's clock
+    started_at: float
+    live: bool  # beat within two lease durations (by this host's clock)
+    sinks: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,21 +146,41 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     """
     import anyio
 
-    from fanout.progress.sqlite import SQLiteCheckpointStore
+    from fanout.aws.clients import AwsClients
+    from fanout.progress.open import open_store
 
     now = time.time() if now is None else now
-    path = Path(config.settings.checkpoints.path)
-    if not path.exists():
-        raise FileNotFoundError(str(path))
+    cp = config.settings.checkpoints
+    if cp.store == "sqlite" and not Path(cp.path).exists():
+        raise FileNotFoundError(cp.path)
+    aws = AwsClients()
+    store = open_store(config, aws)
 
-    async def read() -> list[Checkpoint]:
-        store = SQLiteCheckpointStore(path)
+    async def read() -> Snapshot:
         try:
-            return await store.all()
+            await store.open()
+            return await store.scan()
         finally:
             await store.aclose()
+            await aws.aclose()
 
-    rows = anyio.run(read)
+    snapshot = anyio.run(read)
+    rows: list[Checkpoint] = snapshot.shards
+    lease = cp.lease_duration
+    workers = [
+        WorkerStatus(
+            worker_id=w.worker_id,
+            host=w.host,
+            pid=w.pid,
+            leases=w.leases,
+            heartbeat_age_s=round(max(0.0, now - w.heartbeat_at), 3),
+            started_at=w.started_at,
+            live=now - w.heartbeat_at < 2 * lease,
+            sinks=w.sinks,
+        )
+        for w in snapshot.workers
+    ]
+    live = {w.worker_id for w in workers if w.live}
     shards = []
     for row in rows:
         arn, shard_id, seq, finished, updated_at = (
@@ -163,6 +200,11 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
                 sequence_number=seq,
                 updated_at=updated_at,
                 checkpoint_age_s=round(max(0.0, now - updated_at), 3),
+                owner=row.owner,
+                lease_age_s=round(max(0.0, now - row.taken_at), 3)
+                if row.owner and row.taken_at
+                else None,
+                handoff_to=row.handoff_to,
             )
         )
     order = {name: i for i, name in enumerate(config.streams)}
@@ -179,13 +221,17 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
                 open_shards=len(open_ages),
                 finished_shards=len(mine) - len(open_ages),
                 max_checkpoint_age_s=max(open_ages) if open_ages else None,
+                held_shards=sum(1 for s in mine if s.state == "open" and s.owner in live),
             )
         )
     return {
-        "checkpoint_store": str(path),
+        "checkpoint_store": store.describe,
+        "application": config.application,
+        "lease_duration_s": lease,
         "generated_at": now,
         "streams": [asdict(s) for s in streams],
         "shards": [asdict(s) for s in shards],
+        "workers": [asdict(w) for w in workers],
         "dead_letters": [asdict(d) for d in dead_letters(config)],
     }
 
@@ -214,10 +260,14 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def render(status: dict[str, Any]) -> str:
     """The status as text tables."""
-    out = [f"checkpoint store: {status['checkpoint_store']}", ""]
+    out = [
+        f"checkpoint store: {status['checkpoint_store']}",
+        f"application: {status['application']}  lease duration: {_age(status['lease_duration_s'])}",
+        "",
+    ]
     out.append(
         _table(
-            ["STREAM", "SOURCE", "SHARDS", "OPEN", "FINISHED", "MAX CHECKPOINT AGE"],
+            ["STREAM", "SOURCE", "SHARDS", "OPEN", "FINISHED", "MAX CHECKPOINT AGE", "HELD"],
             [
                 [
                     s["stream"],
@@ -226,6 +276,7 @@ def render(status: dict[str, Any]) -> str:
                     str(s["open_shards"]),
                     str(s["finished_shards"]),
                     _age(s["max_checkpoint_age_s"]),
+                    str(s["held_shards"]),
                 ]
                 for s in status["streams"]
             ],
@@ -234,7 +285,7 @@ def render(status: dict[str, Any]) -> str:
     out.append("")
     out.append(
         _table(
-            ["STREAM", "SHARD", "STATE", "SEQUENCE NUMBER", "CHECKPOINT AGE"],
+            ["STREAM", "SHARD", "STATE", "SEQUENCE NUMBER", "CHECKPOINT AGE", "OWNER", "LEASE AGE"],
             [
                 [
                     s["stream"],
@@ -242,8 +293,27 @@ def render(status: dict[str, Any]) -> str:
                     s["state"],
                     s["sequence_number"] or "-",
                     _age(s["checkpoint_age_s"]),
+                    (s["owner"] or "-") + (f" (to {s['handoff_to']})" if s["handoff_to"] else ""),
+                    _age(s["lease_age_s"]),
                 ]
                 for s in status["shards"]
+            ],
+        )
+    )
+    out.append("")
+    out.append(
+        _table(
+            ["WORKER", "HOST", "PID", "LEASES", "HEARTBEAT", "STATE"],
+            [
+                [
+                    w["worker_id"],
+                    w["host"],
+                    str(w["pid"]),
+                    str(w["leases"]),
+                    _age(w["heartbeat_age_s"]) + " ago",
+                    "live" if w["live"] else "stale",
+                ]
+                for w in status["workers"]
             ],
         )
     )
@@ -281,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
         status = collect(config)
     except FileNotFoundError as exc:
         raise CommandError(
-            f"no checkpoint store at {exc}: the worker has not run with this config yet",
+            f"no checkpoint store at {exc}: no worker has run with this config yet",
             EXIT_NO_STORE,
         ) from exc
     except FanoutError as exc:

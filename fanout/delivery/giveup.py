@@ -65,6 +65,8 @@ class DeadLetterWriter:
         attempt = 0
         remaining = entries
         while True:
+            if not self.progress.may_deliver():  # the lease moved: the new owner retries them
+                await self.progress.lease_lost()
             try:
                 await destination.write(remaining)
             except Exception as exc:  # noqa: BLE001 - whatever broke, the record stays unsettled

@@ -160,6 +160,8 @@ class Lane:
         Whatever the sink raises is a failed attempt, ``SystemExit`` and its kind too
         (as ``CallCrashed``); only the worker's own cancellation goes through.
         """
+        if not self.progress.may_deliver():  # the shard's lease lapsed or moved: fail closed
+            await self.progress.lease_lost()
         gate = self.route.gate
         if gate.idle:
             return await self._call(batch)

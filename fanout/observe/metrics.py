@@ -21,6 +21,7 @@ _CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 GET_RECORDS_OUTCOMES = ("records", "empty", "throttled", "expired", "error")
 SINK_OUTCOMES = ("delivered", "filtered", "retried", "dead_lettered")
 SHARD_STATES = ("active", "finished")
+LEASE_EVENTS = ("taken", "lost", "released", "renew_failed")
 
 
 class Metrics:
@@ -194,6 +195,35 @@ class Metrics:
             registry=r,
         )
 
+        # -- leases ----------------------------------------------------------------------
+        self.leases_held = Gauge(
+            "fanout_leases_held",
+            "Shard leases this worker holds (it reads exactly these shards).",
+            ["stream"],
+            registry=r,
+        )
+        self.lease_events = Counter(
+            "fanout_lease_events_total",
+            "Lease events: taken, lost (moved to another worker or lapsed before it was "
+            "renewed), released (graceful stop or hand-over), renew_failed (a heartbeat "
+            "failed; counted once per stream).",
+            ["stream", "event"],
+            registry=r,
+        )
+        self.workers = Gauge(
+            "fanout_workers",
+            "Live workers of this worker's application (itself included), at its latest scan.",
+            registry=r,
+        )
+        self.workers.set(1)
+        self.shards_unowned = Gauge(
+            "fanout_shards_unowned",
+            "Readable shards of the stream that no live worker holds, at this worker's latest "
+            "scan. Above 0 for long: every worker is at max_shards, or leases cannot be taken.",
+            ["stream"],
+            registry=r,
+        )
+
     def declare(self, streams: Iterable[str], sinks: Mapping[str, Iterable[str]]) -> None:
         """Create every labelled series at zero, so rates, alerts and dashboards see them
         before the first event (a counter that appears only on its first increment hides
@@ -217,6 +247,10 @@ class Metrics:
             self.checkpoints.labels(stream)
             self.progress_age.labels(stream).set(0)
             self.stalled_shards.labels(stream).set(0)
+            self.leases_held.labels(stream).set(0)
+            self.shards_unowned.labels(stream).set(0)
+            for event in LEASE_EVENTS:
+                self.lease_events.labels(stream, event)
         for sink, fed_by in sinks.items():
             for stream in fed_by:
                 for outcome in SINK_OUTCOMES:

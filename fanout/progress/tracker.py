@@ -10,8 +10,28 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Protocol
 
 import anyio
+
+from fanout.progress.store import LeaseToken
+
+
+class LeaseGuard(Protocol):
+    """The lease a shard is read under (``fanout.progress.leases.HeldLease``)."""
+
+    @property
+    def token(self) -> LeaseToken:
+        """What writes of the shard's checkpoint are conditional on."""
+        ...
+
+    def valid(self) -> bool:
+        """True while records of the shard may be delivered and checkpointed."""
+        ...
+
+    async def lost_wait(self) -> None:
+        """Wait for the cancellation that follows a lost lease."""
+        ...
 
 
 class Ticket:
@@ -39,8 +59,10 @@ class ShardProgress:
     __slots__ = (
         "_drained",
         "dirty",
+        "finished",
         "frontier",
         "last_progress",
+        "lease",
         "shard_id",
         "stream_arn",
         "stream_name",
@@ -48,7 +70,12 @@ class ShardProgress:
     )
 
     def __init__(
-        self, stream_name: str, stream_arn: str, shard_id: str, frontier: str | None
+        self,
+        stream_name: str,
+        stream_arn: str,
+        shard_id: str,
+        frontier: str | None,
+        lease: LeaseGuard | None = None,
     ) -> None:
         self.stream_name = stream_name
         self.stream_arn = stream_arn
@@ -58,6 +85,19 @@ class ShardProgress:
         self.dirty = False
         self.last_progress = time.monotonic()
         self._drained: anyio.Event | None = None
+        self.lease = lease
+        self.finished = False  # written as finished: no other checkpoint of it follows
+
+    def may_deliver(self) -> bool:
+        """True unless the shard's lease lapsed or moved: then nothing more of it may be
+        handed to a sink, dead-lettered or checkpointed."""
+        lease = self.lease
+        return lease is None or lease.valid()
+
+    async def lease_lost(self) -> None:
+        """Wait, delivering nothing, for the cancellation that follows a lost lease."""
+        assert self.lease is not None
+        await self.lease.lost_wait()
 
     def open(self, last_seq: str) -> Ticket:
         ticket = Ticket(self, last_seq)

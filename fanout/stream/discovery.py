@@ -5,6 +5,11 @@
   before its parent's last one. The two children of a split run in parallel.
 * Children always start at TRIM_HORIZON and are looked up the moment their parent ends
   (DescribeStream with a CHILD_SHARDS filter), not at the next periodic discovery.
+* Leases. A readable shard is read only under a lease of this worker: the graph tells the
+  lease coordinator which shards are readable (``wanted``) and starts a reader when it gets
+  a lease (``acquired``); a lost lease stops the shard's reader and lanes at once, a
+  hand-over stops the reader and lets the lanes settle first. "Finished" comes from the
+  shared store, so a parent finished by another worker counts.
 * Shards that vanish unread, and a stream that is gone, are data-loss gaps.
 
 The rules are written out in ``docs/shards.md`` ("Discovery", "Lineage").
@@ -15,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import anyio
@@ -24,6 +29,7 @@ from anyio.abc import TaskGroup
 from fanout.delivery import ShardDispatch
 from fanout.errors import FanoutError, SourceError, StreamNotFound
 from fanout.observe.metrics import GET_RECORDS_OUTCOMES
+from fanout.progress.leases import HeldLease
 from fanout.progress.store import Checkpoint, CheckpointRow
 from fanout.progress.tracker import ShardProgress
 from fanout.stream.api import Shard, retry_call
@@ -49,6 +55,19 @@ class Listing:
 
 class _NoChildrenYet(Exception):
     """An ended shard's children are not listed yet."""
+
+
+@dataclass(eq=False)
+class _Reading:
+    """One shard being read under a lease: what stopping it needs."""
+
+    shard: Shard
+    progress: ShardProgress
+    dispatch: ShardDispatch
+    lease: HeldLease
+    reader: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    lanes: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    stopped: bool = False  # lost or handed over: the reader's task must not finish it
 
 
 class ShardGraph:
@@ -83,6 +102,7 @@ class ShardGraph:
         self.checkpoints = checkpoints
         self.start = start
         self.status = status
+        self.leases = parts.leases
         self.progress: dict[str, ShardProgress] = {}
         self.finished: set[str] = {s for s, c in checkpoints.items() if c.finished}
         self.running: set[str] = set()
@@ -95,7 +115,8 @@ class ShardGraph:
         self._initial_open: set[str] = set()
         self._readers: TaskGroup | None = None
         self._failure: FanoutError | None = None
-        self._waiting = 0
+        self._wanted: dict[str, Shard] = {}  # readable, not read here: leases are sought
+        self._reading: dict[str, _Reading] = {}
         self._wake = anyio.Event()
         interval = self.config.discovery_interval
         delay = self.options.child_lookup_delay
@@ -130,12 +151,123 @@ class ShardGraph:
         end = "failed"
         async with anyio.create_task_group() as readers:
             self._readers = readers
-            end = await self._discovery_loop()
-            readers.cancel_scope.cancel()
-        self._readers = None
+            try:
+                self.leases.subscribe(self)
+                end = await self._discovery_loop()
+                readers.cancel_scope.cancel()
+            finally:
+                self._readers = None  # no reader starts once this group winds down
+        # Only a stream read to its end (or gone) is left; at a shutdown (cancelled) the
+        # leases stay with the coordinator, which releases them after the last checkpoints.
+        self.leases.unsubscribe(self.stream_arn)
         if self._failure is not None:
             raise self._failure
         return end
+
+    # -- leases (LeaseSubscriber) -----------------------------------------------------------
+
+    @property
+    def stream_name(self) -> str:
+        return self.name
+
+    def wanted(self) -> list[str]:
+        """Readable shards this worker does not read (a lease is sought for each)."""
+        done = self.finished
+        return [sid for sid in self._wanted if sid not in done and sid not in self.running]
+
+    def capacity(self) -> int:
+        """How many more shards this worker may read (``max_shards``)."""
+        return self.config.max_shards - len(self.running)
+
+    def acquired(self, row: Checkpoint, lease: HeldLease) -> bool:
+        """A lease was taken: start reading the shard from the row's checkpoint."""
+        readers = self._readers
+        sid = row.shard_id
+        shard = self._wanted.get(sid) or self.listed.get(sid)
+        if (
+            readers is None
+            or self._failure is not None
+            or shard is None
+            or sid in self.running
+            or sid in self.finished
+            or len(self.running) >= self.config.max_shards
+        ):
+            return False
+        self._wanted.pop(sid, None)
+        self.checkpoints[sid] = row
+        self.running.add(sid)
+        readers.start_soon(self._read_shard, shard, row, lease, name=f"shard {sid}")
+        self._update_shard_gauges()
+        return True
+
+    def lost(self, shard_id: str) -> None:
+        """The lease is gone: stop the reader and the lanes at once; nothing read and not
+        yet delivered is delivered from here (the new owner reads it again)."""
+        reading = self._reading.pop(shard_id, None)
+        if reading is None:
+            return
+        reading.stopped = True
+        reading.reader.cancel()
+        reading.lanes.cancel()
+        self._forget(reading)
+
+    async def hand_over(self, shard_id: str) -> None:
+        """Stop reading the shard, let the lanes settle what was read (for at most half a
+        lease duration) and write its checkpoint; the coordinator then releases it."""
+        reading = self._reading.get(shard_id)
+        if reading is None:
+            return
+        reading.stopped = True
+        reading.reader.cancel()
+        reading.dispatch.close()
+        with anyio.move_on_after(self.leases.timing.duration / 2):
+            await reading.progress.drained()
+        reading.lanes.cancel()
+        if reading.lease.valid():
+            await self.writer.checkpoint(reading.progress, stream=self.name)
+        self._reading.pop(shard_id, None)
+        self._forget(reading)
+        log.info(
+            "shard_handed_over",
+            extra={"stream": self.name, "shard": shard_id, "seq": reading.progress.frontier},
+        )
+
+    async def _give_up(self, reading: _Reading) -> None:
+        """The reader stopped unfinished (the shard or stream seemed gone; discovery decides):
+        settle and checkpoint what was read, release the lease, and seek it again."""
+        with anyio.move_on_after(self.leases.timing.duration / 2):
+            await reading.progress.drained()
+        reading.stopped = True
+        reading.lanes.cancel()
+        if reading.lease.valid():
+            await self.writer.checkpoint(reading.progress, stream=self.name)
+        self._reading.pop(reading.shard.shard_id, None)
+        await self.leases.release(reading.lease)
+        self._forget(reading)
+        self.leases.poke()
+
+    def _forget(self, reading: _Reading) -> None:
+        sid = reading.shard.shard_id
+        self.running.discard(sid)
+        self.progress.pop(sid, None)
+        self.iterator_age.pop(sid, None)
+        if sid not in self.finished:
+            self._wanted[sid] = reading.shard  # still readable: back to whoever takes it
+        self._update_shard_gauges()
+
+    def observed(self, rows: dict[str, Checkpoint]) -> None:
+        """The stream's rows as the lease coordinator's latest scan found them: shards
+        other workers finished count as finished here (their children become readable)."""
+        grew = False
+        for sid, row in rows.items():
+            if sid not in self.running:
+                self.checkpoints[sid] = row
+            if row.finished and sid not in self.finished:
+                self.finished.add(sid)
+                self._wanted.pop(sid, None)
+                grew = True
+        if grew:
+            self._spawn(list(self.listed.values()), complete=False)
 
     def relist(self) -> None:
         """List the stream again now (a reader found it, or a shard, gone)."""
@@ -160,7 +292,7 @@ class ShardGraph:
         after them may have been trimmed (checked when the shard is read)."""
         limit = time.time() - self.options.retention
         for sid, cp in self.checkpoints.items():
-            if not cp.finished and cp.updated_at < limit:
+            if not cp.finished and cp.sequence is not None and cp.updated_at < limit:
                 log.warning(
                     "checkpoint_older_than_retention",
                     extra={
@@ -311,27 +443,19 @@ class ShardGraph:
         return complete and parent in self._confirmed_missing
 
     def _spawn(self, shards: Sequence[Shard], *, complete: bool) -> None:
-        readers = self._readers
-        if readers is None or self._failure is not None:
+        """Seek leases of the readable shards among ``shards`` (readers start on a lease)."""
+        if self._readers is None or self._failure is not None:
             return
-        waiting = 0
-        limit = self.config.max_shards
+        added = False
         for shard in shards:
             sid = shard.shard_id
             if sid in self.finished or sid in self.running or not self._eligible(shard, complete):
                 continue
-            if len(self.running) >= limit:
-                waiting += 1
-                continue
-            self.running.add(sid)
-            readers.start_soon(self._read_shard, shard, name=f"shard {sid}")
-        if complete and waiting != self._waiting:
-            self._waiting = waiting
-            if waiting:
-                log.warning(
-                    "shards_waiting",
-                    extra={"stream": self.name, "waiting": waiting, "max_shards": limit},
-                )
+            if sid not in self._wanted:
+                added = True
+            self._wanted[sid] = shard
+        if added:
+            self.leases.poke()
         self._update_shard_gauges()
 
     def _update_shard_gauges(self) -> None:
@@ -422,15 +546,15 @@ class ShardGraph:
 
     # -- one shard --------------------------------------------------------------------------
 
-    async def _read_shard(self, shard: Shard) -> None:
+    async def _read_shard(self, shard: Shard, row: Checkpoint, lease: HeldLease) -> None:
         sid = shard.shard_id
-        checkpoint = self.checkpoints.get(sid)
-        progress = ShardProgress(
-            self.name, self.stream_arn, sid, checkpoint.sequence if checkpoint else None
-        )
+        checkpoint = row if row.sequence is not None else None
+        progress = ShardProgress(self.name, self.stream_arn, sid, row.sequence, lease)
         self.progress[sid] = progress
         dispatch = ShardDispatch(progress, self.parts.routes, self.metrics)
-        self.parts.lanes.start_soon(dispatch.run)
+        reading = _Reading(shard, progress, dispatch, lease)
+        self._reading[sid] = reading
+        self.parts.lanes.start_soon(self._run_lanes, reading)
         reader = ShardReader(
             self._context,
             shard,
@@ -441,19 +565,30 @@ class ShardGraph:
             skip_before=self.start.skip_before,
         )
         ended = False
-        try:
-            ended = await reader.run()
-        except DataLossError as exc:
-            self._fail(exc)
-        finally:
-            dispatch.close()
+        with reading.reader:
+            try:
+                ended = await reader.run()
+            except DataLossError as exc:
+                self._fail(exc)
+            finally:
+                dispatch.close()
+                if not ended:
+                    self.running.discard(sid)
+                    self.iterator_age.pop(sid, None)
             if not ended:
-                self.running.discard(sid)
-                self.iterator_age.pop(sid, None)
-        if not ended:
+                if not reading.stopped and self._failure is None:
+                    await self._give_up(reading)
+                return
+            await progress.drained()
+            written = await self.writer.finish(progress)
+        if reading.stopped or not ended:
+            return  # lost or handed over meanwhile
+        self._reading.pop(sid, None)
+        if not written:  # the lease lapsed or moved before the shard was written as finished
+            self._forget(reading)
             return
-        await progress.drained()
-        await self.writer.finish(progress)
+        self.leases.finished(self.stream_arn, sid)
+        self.leases.poke()  # room for another shard (max_shards)
         self.finished.add(sid)
         self.running.discard(sid)
         self.progress.pop(sid, None)
@@ -462,6 +597,10 @@ class ShardGraph:
             "shard_finished", extra={"stream": self.name, "shard": sid, "seq": progress.frontier}
         )
         await self._start_children(sid)
+
+    async def _run_lanes(self, reading: _Reading) -> None:
+        with reading.lanes:
+            await reading.dispatch.run()
 
     async def _start_children(self, shard_id: str) -> None:
         """Look the ended shard's children up at once and start them."""
@@ -504,6 +643,11 @@ class ShardGraph:
             self.listed[child.shard_id] = child
             self._seen.setdefault(child.shard_id, now)
         self._spawn(children, complete=False)
+        # The worker that finished the parent takes its children at once.
+        wanted = set(self.wanted())
+        await self.leases.take_now(
+            self.stream_arn, [c.shard_id for c in children if c.shard_id in wanted]
+        )
         log.info(
             "children_started",
             extra={

@@ -21,6 +21,7 @@ from fanout.config import StreamConfig
 from fanout.delivery import Route
 from fanout.errors import FanoutError, ServiceError, StreamNotFound, Throttled
 from fanout.observe.metrics import Metrics
+from fanout.progress.leases import LeaseCoordinator
 from fanout.progress.store import CheckpointRow, CheckpointStore
 from fanout.progress.tracker import ShardProgress
 from fanout.progress.writer import CheckpointWriter
@@ -58,6 +59,7 @@ class StreamWorker:
         lanes: the task group the shards' lanes run in.
         options: polling knobs and retry timing.
         on_fatal: told the error that ends ``run``, before it is raised.
+        leases: this worker's leases (shards are read only under one).
     """
 
     def __init__(
@@ -72,6 +74,8 @@ class StreamWorker:
         lanes: TaskGroup,
         options: ReaderOptions | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
+        *,
+        leases: LeaseCoordinator,
     ) -> None:
         self.name = name
         self.config = config
@@ -86,6 +90,7 @@ class StreamWorker:
             metrics=metrics,
             lanes=lanes,
             options=options,
+            leases=leases,
         )
         self.on_fatal = on_fatal
         self.retry = options.retry

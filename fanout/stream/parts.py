@@ -11,6 +11,7 @@ from anyio.abc import TaskGroup
 from fanout.config import StreamConfig
 from fanout.delivery import Route
 from fanout.observe.metrics import Metrics
+from fanout.progress.leases import LeaseCoordinator
 from fanout.progress.store import CheckpointStore
 from fanout.progress.writer import CheckpointWriter
 from fanout.stream.api import StreamsAPI
@@ -36,6 +37,7 @@ class StreamParts:
         metrics: the process's metrics.
         lanes: the task group the shards' lanes run in (they outlive the readers).
         options: polling knobs and retry timing.
+        leases: this worker's leases (a shard is read only under one).
     """
 
     name: str
@@ -47,6 +49,7 @@ class StreamParts:
     metrics: Metrics
     lanes: TaskGroup
     options: ReaderOptions
+    leases: LeaseCoordinator
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,6 +196,8 @@ class ShardReader:
         empties = errors = expired = 0
         iterator = await self._seek()
         while True:
+            if not progress.may_deliver():  # the lease lapsed: read nothing more of the shard
+                await progress.lease_lost()
             try:
                 page = await client.get_records(iterator)
             except IteratorExpired:

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 
 def test_throughput_scenario_reads_every_record_and_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    argv = ["-s", "throughput", "--shards", "2", "--records", "4000", "--out", str(out)]
+    argv = ["-s", "throughput", "--shards", "2", "--records", "4000", "--processes", "1"]
+    argv += ["--out", str(out)]
 
     assert main(argv) == 0
 
@@ -50,6 +51,23 @@ def test_throughput_scenario_reads_every_record_and_writes_results(tmp_path: Pat
     assert report["machine"]["cpus"] >= 1
 
 
+def test_throughput_with_two_processes_shares_the_shards(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    argv = ["-s", "throughput", "--consumers", "fanout", "--shards", "4", "--records", "8000"]
+    assert main([*argv, "--processes", "2", "--out", str(out)]) == 0
+    (path,) = out.glob("*.json")
+    throughput = orjson.loads(path.read_bytes())["results"]["throughput"]
+    rows = {r["consumer"]: r for r in throughput["rows"]}
+    assert list(rows) == ["fanout", "fanout-2p"]
+    two = rows["fanout-2p"]
+    assert two["records"] == two["expected"] == 8000  # no record read twice
+    assert two["processes"] == 2
+    assert len(two["members"]) == 2
+    assert all(m["records"] > 0 for m in two["members"])  # both read some shards
+    assert two["finished_shards"] == 4
+    assert throughput["ratios"]["4"]["processes_2"] > 0
+
+
 def _git(*args: str) -> str:
     done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -72,6 +90,7 @@ def test_baseline_runs_beside_fanout_in_alternating_rounds(tmp_path: Path, check
     out = tmp_path / "results"
     argv = ["-s", "throughput", "--consumers", "fanout", "--shards", "2", "--records", "2000"]
     argv += ["--rounds", "2", "--baseline", "HEAD", "--baseline-dir", str(checkouts)]
+    argv += ["--processes", "1"]
 
     assert main([*argv, "--out", str(out)]) == 0
 

@@ -30,7 +30,17 @@ from fanout.errors import (
     TrimmedData,
 )
 from fanout.observe.metrics import Metrics
-from fanout.progress.store import Checkpoint, CheckpointRow
+from fanout.progress import rules
+from fanout.progress.store import (
+    NO_WORKER_ROW,
+    Checkpoint,
+    CheckpointRow,
+    Claim,
+    LeaseToken,
+    Release,
+    Snapshot,
+    WorkerRow,
+)
 from fanout.records import Record
 from fanout.retry import RetryPolicy, no_wait
 from fanout.sink import Failures, SinkContext, SinkRegistry, SinkType
@@ -408,22 +418,37 @@ class FakeStreams:
 
 
 class MemoryCheckpointStore:
-    """A ``CheckpointStore`` in a dict, with the SQLite store's semantics (a None sequence
-    keeps the stored one; ``finished`` never goes back) and failures on demand.
+    """A ``CheckpointStore`` in dicts, with the SQLite store's semantics (the same rules of
+    ``fanout.progress.rules``: a None sequence keeps the stored one, ``finished`` never goes
+    back, conditional writes check the lease) and failures on demand. Several workers may
+    share one instance: it is one application's table.
 
     Attributes:
-        saves: every ``save`` that succeeded, one list of rows per transaction.
+        saves: every ``save`` that succeeded, one list of rows per call.
         failures: how many of the next calls fail (``CheckpointError``).
         fail_ops: which calls ``failures`` applies to (default: every call).
+        rows: the shard rows by (stream ARN, shard id).
+        workers: the worker rows by worker id.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, application: str = "fanout") -> None:
         self.rows: dict[tuple[str, str], Checkpoint] = {}
         self.starts: dict[str, float] = {}
+        self.workers: dict[str, WorkerRow] = {}
+        self.sinks: str | None = None
         self.saves: list[list[CheckpointRow]] = []
         self.failures = 0
         self.fail_ops: set[str] | None = None
         self.opened = self.closed = False
+        self._application = application
+
+    @property
+    def application(self) -> str:
+        return self._application
+
+    @property
+    def describe(self) -> str:
+        return "memory"
 
     def _maybe_fail(self, op: str) -> None:
         if self.failures and (self.fail_ops is None or op in self.fail_ops):
@@ -440,20 +465,20 @@ class MemoryCheckpointStore:
         self._maybe_fail("load")
         return {sid: c for (arn, sid), c in self.rows.items() if arn == stream_arn}
 
-    async def save(self, rows: Sequence[CheckpointRow]) -> None:
+    async def save(self, rows: Sequence[CheckpointRow]) -> list[CheckpointRow]:
         self._maybe_fail("save")
         now = time.time()
+        rejected = []
         for row in rows:
-            old = self.rows.get((row.stream_arn, row.shard_id))
-            sequence = row.sequence
-            if sequence is None and old is not None:
-                sequence = old.sequence
-            finished = row.finished or (old is not None and old.finished)
-            self.rows[(row.stream_arn, row.shard_id)] = Checkpoint(
-                row.stream_arn, row.shard_id, sequence, finished, now
-            )
+            key = (row.stream_arn, row.shard_id)
+            new = rules.checkpoint(self.rows.get(key), row, now)
+            if new is None:
+                rejected.append(row)
+            else:
+                self.rows[key] = new
         if rows:
             self.saves.append(list(rows))
+        return rejected
 
     async def stream_start(self, stream_arn: str, timestamp: float) -> tuple[float, bool]:
         self._maybe_fail("stream_start")
@@ -477,8 +502,90 @@ class MemoryCheckpointStore:
         self._maybe_fail("all")
         return sorted(self.rows.values(), key=lambda c: (c.stream_arn, c.shard_id))
 
+    async def scan(self) -> Snapshot:
+        self._maybe_fail("scan")
+        await anyio.lowlevel.checkpoint()
+        shards = sorted(self.rows.values(), key=lambda c: (c.stream_arn, c.shard_id))
+        return Snapshot(
+            shards, sorted(self.workers.values(), key=lambda w: w.worker_id), self.sinks
+        )
+
+    async def ensure(self, stream_arn: str, shard_ids: Sequence[str]) -> dict[str, Checkpoint]:
+        self._maybe_fail("ensure")
+        now = time.time()
+        found = {}
+        for sid in shard_ids:
+            row = self.rows.get((stream_arn, sid))
+            if row is None:
+                row = self.rows[(stream_arn, sid)] = rules.new_row(stream_arn, sid, now)
+            found[sid] = row
+        return found
+
+    async def take(self, claims: Sequence[Claim], owner: str) -> list[Checkpoint | None]:
+        self._maybe_fail("take")
+        await anyio.lowlevel.checkpoint()
+        now = time.time()
+        taken: list[Checkpoint | None] = []
+        for claim in claims:
+            key = (claim.stream_arn, claim.shard_id)
+            worker = self.workers.get(claim.owner) if claim.owner is not None else None
+            beat = worker.heartbeat if worker is not None else NO_WORKER_ROW
+            new = rules.take(self.rows.get(key), claim, owner, beat, now)
+            if new is not None:
+                self.rows[key] = new
+            taken.append(new)
+        return taken
+
+    async def release(self, releases: Sequence[Release]) -> list[bool]:
+        self._maybe_fail("release")
+        now = time.time()
+        done = []
+        for rel in releases:
+            key = (rel.stream_arn, rel.shard_id)
+            new = rules.release(self.rows.get(key), rel, now)
+            if new is not None:
+                self.rows[key] = new
+            done.append(new is not None)
+        return done
+
+    async def request_handoff(
+        self, stream_arn: str, shard_id: str, lease: LeaseToken, to: str
+    ) -> bool:
+        self._maybe_fail("request_handoff")
+        key = (stream_arn, shard_id)
+        new = rules.request_handoff(self.rows.get(key), lease.owner, lease.counter, to)
+        if new is not None:
+            self.rows[key] = new
+        return new is not None
+
+    async def heartbeat(self, worker: WorkerRow) -> None:
+        self._maybe_fail("heartbeat")
+        self.workers[worker.worker_id] = worker
+
+    def heartbeat_sync(self, worker: WorkerRow) -> None:
+        self._maybe_fail("heartbeat")
+        self.workers[worker.worker_id] = worker
+
+    async def remove_worker(self, worker_id: str, heartbeat: int | None = None) -> None:
+        self._maybe_fail("remove_worker")
+        row = self.workers.get(worker_id)
+        if row is not None and (heartbeat is None or row.heartbeat == heartbeat):
+            del self.workers[worker_id]
+
+    async def record_sinks(self, sinks: str) -> None:
+        self._maybe_fail("record_sinks")
+        self.sinks = sinks
+
     def get(self, stream_arn: str, shard_id: str) -> Checkpoint | None:
         return self.rows.get((stream_arn, shard_id))
+
+    def owners(self, stream_arn: str | None = None) -> dict[str, str | None]:
+        """Shard id -> the worker holding it (unfinished shards)."""
+        return {
+            sid: c.owner
+            for (arn, sid), c in self.rows.items()
+            if not c.finished and (stream_arn is None or arn == stream_arn)
+        }
 
 
 # -- a sink that keeps what it gets -----------------------------------------------------------
@@ -617,6 +724,7 @@ async def running(
     *,
     options: ReaderOptions | None = None,
     stop: bool = True,
+    worker_id: str | None = None,
 ) -> AsyncIterator[Run]:
     """Run a whole worker on the fakes for the body; stop it gracefully afterwards."""
     worker = Worker(
@@ -627,6 +735,7 @@ async def running(
         backoff=RetryPolicy(0.01, 0.1, sleep=no_wait),
         streams=lambda cfg: streams,
         store=store,
+        worker_id=worker_id,
     )
     run = Run(worker)
 

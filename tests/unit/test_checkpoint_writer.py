@@ -126,12 +126,12 @@ async def test_shards_that_end_meanwhile_share_one_transaction():
     save = s.store.save
     calls = 0
 
-    async def slow_first(rows: Any) -> None:
+    async def slow_first(rows: Any) -> list[CheckpointRow]:
         nonlocal calls
         calls += 1
         if calls == 1:
             await gate.wait()
-        await save(rows)
+        return await save(rows)
 
     s.store.save = slow_first  # type: ignore[method-assign]
     done: list[str] = []

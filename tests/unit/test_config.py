@@ -304,3 +304,84 @@ def test_schema_describes_sink_types():
     names = {v["$ref"].rsplit("/", 1)[1] for v in variants}
     assert {"FileSinkConfig", "HandlerSinkConfig", "StdoutSinkConfig"} <= names
     assert "path" in schema["$defs"]["FileSinkConfig"]["properties"]
+
+
+# -- applications, the lease stores, processes -----------------------------------------------
+
+
+def test_the_application_defaults_to_the_config_files_name(tmp_path):
+    path = tmp_path / "orders.prod.yaml"
+    path.write_text(textwrap.dedent(VALID))
+    config = load_config(path)
+    assert config.application == "orders.prod"
+    assert config.sink_set() == {"audit": "file", "badges": "handler"}
+    named = load_config(write(tmp_path, "application: shop\n" + VALID))
+    assert named.application == "shop"
+    from fanout.config import build_config as bare
+
+    assert bare(orjson.loads(orjson.dumps(_data(VALID)))).application == "fanout"
+
+
+def _data(text: str) -> dict[str, Any]:
+    import yaml
+
+    data: dict[str, Any] = yaml.safe_load(textwrap.dedent(text))
+    return data
+
+
+@pytest.mark.parametrize("name", ["-x", "a b", "", "x" * 129])
+def test_a_bad_application_name_names_the_field(tmp_path, name):
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, f"application: '{name}'\n" + VALID))
+    assert raised.value.path == "application"
+
+
+def test_the_dynamodb_store_and_lease_duration(tmp_path):
+    text = VALID.replace(
+        "checkpoints: {store: sqlite, path: ./fanout.db}",
+        "checkpoints: {store: dynamodb, create_table: true, endpoint_url: 'http://x:8000', "
+        "region: eu-west-1, lease_duration: 3s}",
+    )
+    cp = load_config(write(tmp_path, text)).settings.checkpoints
+    assert (cp.store, cp.table_name, cp.create_table, cp.lease_duration) == (
+        "dynamodb",
+        "fanout-leases",
+        True,
+        3.0,
+    )
+    assert load_config(write(tmp_path, VALID)).settings.checkpoints.lease_duration == 10.0
+
+
+@pytest.mark.parametrize(
+    ("checkpoints", "field"),
+    [
+        ("{store: sqlite, table: t}", "checkpoints"),
+        ("{store: sqlite, create_table: true}", "checkpoints"),
+        ("{lease_duration: 0.1}", "checkpoints.lease_duration"),
+        ("{store: redis}", "checkpoints.store"),
+    ],
+)
+def test_bad_checkpoint_settings_name_the_field(tmp_path, checkpoints, field):
+    text = VALID.replace(
+        "checkpoints: {store: sqlite, path: ./fanout.db}", f"checkpoints: {checkpoints}"
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, text))
+    assert raised.value.path == field
+
+
+def test_processes(tmp_path, monkeypatch):
+    assert load_config(write(tmp_path, VALID)).processes == 1
+    assert load_config(write(tmp_path, "processes: 3\n" + VALID)).processes == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert load_config(write(tmp_path, "processes: auto\n" + VALID)).processes == 6
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, "processes: 0\n" + VALID))
+    assert raised.value.path == "processes"
+
+
+def test_run_rejects_a_bad_processes_option(tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["run", "--config", str(write(tmp_path, VALID)), "--processes", "many"])
+    assert raised.value.code == 2
+    assert "a number of processes, or auto" in capsys.readouterr().err

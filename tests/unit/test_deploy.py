@@ -185,6 +185,7 @@ def test_the_alerts_cover_what_operators_page_on():
         "fanout_dlq_records_total",
         "fanout_sink_records_total",  # error ratio
         "fanout_data_loss_events_total",
+        "fanout_shards_unowned",  # a shard no worker reads
     ):
         assert needle in exprs, needle
     assert "18 * 3600" in rules["FanoutIteratorAgeNearRetention"]["expr"]
@@ -224,6 +225,9 @@ def test_the_dashboard_shows_every_area():
         "fanout_stalled_shards",
         "fanout_data_loss_events_total",
         "fanout_progress_age_seconds",
+        "fanout_leases_held",
+        "fanout_lease_events_total",
+        "fanout_workers",
     ):
         assert metric in used, metric
     assert any('outcome="throttled"' in expr for _, expr in dashboard_exprs())
@@ -525,8 +529,10 @@ def test_deployment_matches_the_image_and_the_code_defaults():
     docs = manifests()
     deployment = docs[("Deployment", "fanout")]
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"]["type"] == "Recreate"
+    # several replicas sharing the shards; a rolling update relies on the graceful hand-over
+    assert spec["replicas"] > 1
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 1}
     pod = spec["template"]["spec"]
     labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
@@ -555,10 +561,10 @@ def test_deployment_matches_the_image_and_the_code_defaults():
     assert refs == [{"name": "fanout-secrets", "optional": True}]
     example = yaml.safe_load((K8S / "secret.example.yaml").read_text())
     assert example["metadata"]["name"] == "fanout-secrets"
-    # state on the claim, the pod runs as the image's user
-    state = next(v for v in volumes.values() if "persistentVolumeClaim" in v)
-    claim = docs[("PersistentVolumeClaim", state["persistentVolumeClaim"]["claimName"])]
-    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # no claim: the checkpoints and leases live in the DynamoDB table; the pod runs as the
+    # image's user
+    assert not any("persistentVolumeClaim" in v for v in volumes.values())
+    assert not [kind for kind, _ in docs if kind == "PersistentVolumeClaim"]
     runtime_user = [args for ins, args in runtime_stage() if ins == "USER"][-1]
     assert str(pod["securityContext"]["runAsUser"]) == runtime_user.split(":")[0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -572,16 +578,20 @@ def test_the_configmap_config_is_valid_and_fits_the_pod(tmp_path):
     (container,) = pod["containers"]
     path = tmp_path / "config.yaml"
     path.write_text(docs[("ConfigMap", "fanout-config")]["data"]["config.yaml"])
-    settings = load_config(path).settings
+    config = load_config(path)
+    settings = config.settings
     assert settings.http.port == container["ports"][0]["containerPort"]
-    state_mount = next(
-        m["mountPath"]
-        for m in container["volumeMounts"]
-        if any(v["name"] == m["name"] and "persistentVolumeClaim" in v for v in pod["volumes"])
+    # the replicas share one application's shards through the DynamoDB lease table
+    assert settings.checkpoints.store == "dynamodb"
+    assert settings.application  # not "config", from the mounted file's name
+    # pods come and go: dead letters must not land on a pod's disk
+    assert all(sink.dead_letter.type != "file" for sink in config.sinks.values())
+    # SIGTERM: drain for shutdown_grace, checkpoint and release the leases (bounded by the
+    # lease duration) before the kubelet kills the pod
+    assert (
+        pod["terminationGracePeriodSeconds"]
+        > settings.shutdown_grace + max(5.0, settings.checkpoints.lease_duration) + 10
     )
-    assert settings.checkpoints.path.startswith(state_mount + "/")
-    # SIGTERM: drain for shutdown_grace, then checkpoint, before the kubelet kills the pod
-    assert pod["terminationGracePeriodSeconds"] > settings.shutdown_grace + 10
 
 
 def test_the_servicemonitor_is_opt_in():
@@ -663,3 +673,30 @@ def test_the_iam_policy_is_least_privilege_with_a_sid_per_purpose():
     stream = next(s for s in statements if "dynamodb:GetRecords" in s["Action"])
     assert all(r.endswith("/stream/*") for r in stream["Resource"])
     assert not any(a.startswith("dynamodb:") and "Write" in a for a in actions["ReadTableStream"])
+
+
+def test_the_lease_table_statements_grant_exactly_what_the_store_calls():
+    policy = json.loads((DEPLOY / "iam-policy.json").read_text())
+    actions = {s["Sid"]: set(s["Action"]) for s in policy["Statement"]}
+    source = (REPO / "fanout" / "progress" / "dynamodb.py").read_text()
+    calls = set(re.findall(r'_call\(\s*"(\w+)"', source))
+    iam = {
+        "query": {"dynamodb:Query"},
+        "get_item": {"dynamodb:GetItem"},
+        "update_item": {"dynamodb:UpdateItem"},
+        "delete_item": {"dynamodb:DeleteItem"},
+        # a transaction needs the rights of each of its parts
+        "transact_write_items": {"dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"},
+        "describe_table": {"dynamodb:DescribeTable"},
+        "create_table": {"dynamodb:CreateTable"},
+    }
+    assert set(iam) == calls
+    creating = {"dynamodb:DescribeTable", "dynamodb:CreateTable"}
+    assert actions["LeaseTableCreate"] == creating  # only with create_table: true
+    assert actions["LeaseTable"] == set().union(*iam.values()) - creating
+    (table,) = {
+        r
+        for sid in ("LeaseTable", "LeaseTableCreate")
+        for r in policy["Statement"][[s["Sid"] for s in policy["Statement"]].index(sid)]["Resource"]
+    }
+    assert table.endswith(":table/LEASE_TABLE_NAME")

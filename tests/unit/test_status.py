@@ -84,6 +84,7 @@ def test_status_as_json(tmp_path, capsys):
         "open_shards": 1,
         "finished_shards": 1,
         "max_checkpoint_age_s": None,
+        "held_shards": 0,
     }
     assert streams["users"]["source"] == USERS_ARN
     assert streams["users"]["open_shards"] == 1
@@ -193,3 +194,44 @@ def test_count_lines(tmp_path, data, expected):
     path = tmp_path / "dlq.jsonl"
     path.write_bytes(data)
     assert count_lines(path) == expected
+
+
+def test_status_shows_the_application_owners_lease_ages_and_workers(tmp_path, capsys):
+    from fanout.progress.store import Claim, WorkerRow
+
+    config = write_config(tmp_path)
+    seed_store(tmp_path)
+
+    async def lease() -> None:
+        store = SQLiteCheckpointStore(tmp_path / "state" / "fanout.db", "fanout")
+        rows = await store.load(ORDERS_ARN)
+        await store.take(
+            [Claim(ORDERS_ARN, "shardId-0002", None, rows["shardId-0002"].counter)], "w1"
+        )
+        now = time.time()
+        await store.heartbeat(WorkerRow("w1", 3, now - 1, now - 100, "host-a", 41, "audit=file", 1))
+        await store.heartbeat(
+            WorkerRow("w2", 9, now - 3600, now - 7200, "host-b", 42, "audit=file", 0)
+        )
+        await store.aclose()
+
+    anyio.run(lease)
+    assert main(["status", "--config", str(config), "--json"]) == 0
+    status = orjson.loads(capsys.readouterr().out)
+    assert status["application"] == "fanout"
+    assert status["lease_duration_s"] == 10.0
+    shards = {s["shard_id"]: s for s in status["shards"]}
+    assert shards["shardId-0002"]["owner"] == "w1"
+    assert 0 <= shards["shardId-0002"]["lease_age_s"] < 60
+    assert shards["shardId-0001"]["owner"] is None
+    workers = {w["worker_id"]: w for w in status["workers"]}
+    assert workers["w1"]["live"] is True
+    assert workers["w2"]["live"] is False
+    assert workers["w1"]["host"] == "host-a"
+    streams = {s["stream"]: s for s in status["streams"]}
+    assert streams["orders"]["held_shards"] == 1
+    assert main(["status", "--config", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:2] == ["application:", "fanout"]
+    assert any(line.split()[:1] == ["w1"] and line.split()[-1] == "live" for line in lines)
+    assert any(line.split()[:2] == ["orders", "shardId-0002"] and "w1" in line for line in lines)
