@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -62,3 +63,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def checkpoint(db: Path) -> int:
+    """The highest sequence number checkpointed in the SQLite store ``db`` (0: none yet)."""
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute(
+            "SELECT sequence_number FROM checkpoints WHERE sequence_number IS NOT NULL"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+    return max((int(seq) for (seq,) in rows), default=0)

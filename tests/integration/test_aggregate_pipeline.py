@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import socket
-import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -22,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.process import REPO, WorkerProcess, read_lines, wait_for
+from tests.integration.process import REPO, WorkerProcess, checkpoint, read_lines, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -105,19 +104,6 @@ def random_item(
 
 def dead_lettered(directory: Path, sink: str) -> bool:
     return len(read_lines(directory / f"dlq-{sink}.jsonl")) > 0
-
-
-def checkpoint(db: Path) -> int:
-    if not db.exists():
-        return 0
-    con = sqlite3.connect(db)
-    try:
-        rows = con.execute("SELECT sequence_number FROM checkpoints").fetchall()
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        con.close()
-    return max((int(seq) for (seq,) in rows), default=0)
 
 
 def stream_records(ddb_streams: Any, stream_arn: str) -> list[dict[str, Any]]:

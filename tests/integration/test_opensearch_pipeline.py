@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import itertools
 import random
-import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
@@ -20,7 +19,7 @@ import pytest
 
 from fanout.testing.searchserver import SearchServer, ServerThread
 from sinks.opensearch.document import version_of
-from tests.integration.process import REPO, WorkerProcess, read_lines, wait_for
+from tests.integration.process import REPO, WorkerProcess, checkpoint, read_lines, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -126,19 +125,6 @@ def stream_records(ddb_streams: Any, stream_arn: str) -> list[dict[str, Any]]:
 
 def accepted_writes(server: SearchServer) -> int:
     return sum(w.accepted for w in server.writes())
-
-
-def checkpoint(db: Path) -> int:
-    if not db.exists():
-        return 0
-    con = sqlite3.connect(db)
-    try:
-        rows = con.execute("SELECT sequence_number FROM checkpoints").fetchall()
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        con.close()
-    return max((int(seq) for (seq,) in rows), default=0)
 
 
 def test_the_index_equals_the_table_through_faults_a_kill_a_redrive_and_a_replay(
