@@ -102,7 +102,7 @@ def load(args: argparse.Namespace) -> tuple[Config, str]:
     notes: list[str] = []
     try:
         data = read_config_data(path, getattr(args, "table", None), notes=notes)
-        config = build_config(data, base_dir=Path(path).resolve().parent)
+        config = build_config(data, base_dir=Path(path).resolve().parent, source=Path(path))
     except ConfigError as exc:
         raise CommandError(f"invalid configuration:\n{exc}", EXIT_CONFIG) from exc
     config.notes = notes
@@ -128,10 +128,12 @@ class _AnySinkType(Mapping[str, "SinkType[Any]"]):
 
 
 def _offline_part(data: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoints, each stream's table or ARN, and each sink's type and dead letter."""
+    """The application, the checkpoints, each stream's table or ARN, and each sink's type and
+    dead letter."""
     part: dict[str, Any] = {}
-    if "checkpoints" in data:
-        part["checkpoints"] = data["checkpoints"]
+    for key in ("application", "checkpoints"):
+        if key in data:
+            part[key] = data[key]
     streams = data.get("streams")
     if isinstance(streams, dict):
         part["streams"] = {
@@ -183,7 +185,11 @@ def load_offline(args: argparse.Namespace) -> tuple[Config, str]:
             raise combine(errors)
         part = _offline_part(data)
         config = build_config(
-            part, _AnySinkType(), base_dir=Path(path).resolve().parent, check=False
+            part,
+            _AnySinkType(),
+            base_dir=Path(path).resolve().parent,
+            check=False,
+            source=Path(path),
         )
     except ConfigError as exc:
         raise CommandError(f"invalid configuration:\n{exc}", EXIT_CONFIG) from exc

@@ -64,7 +64,7 @@ def test_the_sample_triggers_validate_from_anywhere(tmp_path):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok: 1 stream(s), 3 sink(s)"
+    assert result.stdout.strip().startswith("ok: 1 stream(s), 3 sink(s), application ")
     # memory_size and uses_vpc mean nothing here; each is reported once, with its triggers
     notes = [line for line in result.stderr.splitlines() if line.startswith("fanout: note:")]
     assert len(notes) == len(set(notes))

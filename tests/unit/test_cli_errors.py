@@ -108,6 +108,6 @@ def test_commands_that_call_nothing_do_not_care(condition, project, tmp_path):
     status = fanout(["status", "--config", str(project)], env, tmp_path)
     assert status.returncode == 1
     assert status.stderr.strip().splitlines() == [
-        f"fanout: no checkpoint store at {tmp_path}/state/fanout.db: the worker has not run "
+        f"fanout: no checkpoint store at {tmp_path}/state/fanout.db: no worker has run "
         "with this config yet"
     ]

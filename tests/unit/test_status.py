@@ -235,3 +235,19 @@ def test_status_shows_the_application_owners_lease_ages_and_workers(tmp_path, ca
     assert lines[1].split()[:2] == ["application:", "fanout"]
     assert any(line.split()[:1] == ["w1"] and line.split()[-1] == "live" for line in lines)
     assert any(line.split()[:2] == ["orders", "shardId-0002"] and "w1" in line for line in lines)
+
+
+def test_status_reads_the_application_of_the_config_file_name_or_its_setting(
+    tmp_path, capsys
+):
+    base = write_config(tmp_path).read_text()
+    named = tmp_path / "orders.yaml"
+    named.write_text(base)
+    set_apart = tmp_path / "other.yaml"
+    set_apart.write_text("application: billing\n" + base)
+    seed_store(tmp_path)  # rows of the application "fanout"
+    for path, application in ((named, "orders"), (set_apart, "billing")):
+        assert main(["status", "--config", str(path), "--json"]) == 0
+        status = orjson.loads(capsys.readouterr().out)
+        assert status["application"] == application
+        assert status["shards"] == []  # another application's checkpoints are not its own

@@ -398,7 +398,7 @@ def test_validate_and_run_take_a_trigger_file_and_table(tmp_path, capsys):
     path = triggers(tmp_path, {"t": {"handler": "app.h.run", "memory_size": 256}})
     assert main(["validate", "--config", str(path), "--table", "Orders"]) == 0
     captured = capsys.readouterr()
-    assert captured.out.strip() == "ok: 1 stream(s), 1 sink(s)"
+    assert captured.out.strip().startswith("ok: 1 stream(s), 1 sink(s), application ")
     assert "fanout: note: memory_size" in captured.err
     config = build_config(imported(path), base_dir=tmp_path)
     assert config.sinks["t"].code_path == str(tmp_path)  # type: ignore[attr-defined]
