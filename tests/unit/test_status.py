@@ -237,9 +237,7 @@ def test_status_shows_the_application_owners_lease_ages_and_workers(tmp_path, ca
     assert any(line.split()[:2] == ["orders", "shardId-0002"] and "w1" in line for line in lines)
 
 
-def test_status_reads_the_application_of_the_config_file_name_or_its_setting(
-    tmp_path, capsys
-):
+def test_status_reads_the_application_of_the_config_file_name_or_its_setting(tmp_path, capsys):
     base = write_config(tmp_path).read_text()
     named = tmp_path / "orders.yaml"
     named.write_text(base)
