@@ -14,7 +14,7 @@ import pytest
 from fanout.config import build_config
 from fanout.testing.streamserver import Change, StreamServer
 from tests.integration.notify_kit import bodies, drain
-from tests.integration.process import WorkerProcess, read_lines, wait_for
+from tests.integration.process import WorkerProcess, checkpoint, read_lines, wait_for
 from tests.integration.shardkit import running
 from tests.integration.shardkit import wait_for as wait_until
 
@@ -191,7 +191,7 @@ def test_a_replay_after_sigkill_is_not_delivered_twice(
     wait_for(lambda: queue_count(sqs_client, queue) >= 20, 60, "messages before the kill")
     worker.kill()
     before_kill = queue_count(sqs_client, queue)
-    assert not (tmp_path / "fanout.db").exists() or not _checkpoints(tmp_path / "fanout.db")
+    assert checkpoint(tmp_path / "fanout.db") == 0
 
     worker = WorkerProcess(config, tmp_path / "out.jsonl", log)
     wait_for(
@@ -223,15 +223,3 @@ def test_a_replay_after_sigkill_is_not_delivered_twice(
     queue_name = queue.rsplit("/", 1)[1]
     resent = [dedup for (name, dedup), n in sent.items() if name == queue_name and n > 1]
     assert len(resent) >= before_kill
-
-
-def _checkpoints(db: Path) -> list[Any]:
-    import sqlite3
-
-    con = sqlite3.connect(db)
-    try:
-        return con.execute("SELECT * FROM checkpoints").fetchall()
-    except sqlite3.OperationalError:  # no table yet
-        return []
-    finally:
-        con.close()

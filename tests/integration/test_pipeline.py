@@ -90,7 +90,11 @@ def checkpoints(db: Path) -> dict[str, int]:
     con = sqlite3.connect(db)
     try:
         return {
-            s: int(q) for s, q in con.execute("SELECT shard_id, sequence_number FROM checkpoints")
+            s: int(q)
+            for s, q in con.execute(
+                "SELECT shard_id, sequence_number FROM checkpoints"
+                " WHERE sequence_number IS NOT NULL"
+            )
         }
     finally:
         con.close()
