@@ -81,7 +81,7 @@ def test_a_blocked_sink_keeps_the_worker_within_its_byte_budget(tmp_path: Path) 
     server = StreamServer()
     stream = server.add_stream("Wide", shards=SHARDS, keys=("pk",))
     port = free_port()
-    config = {
+    config: dict[str, Any] = {
         "streams": {
             "wide": {
                 "table": "Wide",
