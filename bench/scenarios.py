@@ -1,4 +1,5 @@
-"""The four benchmark scenarios: throughput, latency, idle cost and scale.
+"""The benchmark scenarios: throughput, latency, idle cost, scale and lease cost (the
+byte budget's is in ``bench/budget.py``).
 
 Each scenario returns a JSON-ready dict. The stream server runs in a thread of the driver
 process and every measured consumer in a child process (``bench.child``), so a consumer's
