@@ -10,6 +10,9 @@ Scenarios (all by default; pick with ``--scenario``, repeatable):
 * ``idle``: 100 idle shards; GetRecords calls per idle shard-hour, then the latency of the
   first write to an idle shard;
 * ``scale``: 1,000 shards with a little data each; time to discover and drain, peak RSS;
+* ``budget``: 1,000 shards of wide items (about 50 KB each) into a sink that never answers,
+  with ``max_buffered_bytes`` 96 MiB; peak RSS over the RSS before records flowed, against
+  the budget (``bench/budget.py``);
 * ``leases``: one worker on 16 busy shards with the DynamoDB lease table (DynamoDB Local) at
   the default lease settings; the table's requests by purpose and the read and write units
   they make per shard-hour and per worker-hour (docs/leases.md, "Cost").
@@ -37,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from bench import scenarios
+from bench import budget, scenarios
 from bench.baseline import BaselineError, checkout
 from bench.harness import REPO
 
@@ -46,6 +49,7 @@ SCENARIOS: dict[str, Callable[[scenarios.Options], dict[str, Any]]] = {
     "latency": scenarios.latency,
     "idle": scenarios.idle,
     "scale": scenarios.scale,
+    "budget": budget.budget,
     "leases": scenarios.leases,
 }
 
@@ -96,6 +100,13 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, Any]], float], str, float]] = 
         250.0,
     ),
     ("scale", "peak RSS MB, 1,000 shards", lambda r: r["peak_rss_mb"], "<=", 300.0),
+    (
+        "budget",
+        "peak RSS over baseline / max_buffered_bytes, blocked sink",
+        lambda r: r["over_baseline_per_budget"],
+        "<=",
+        1.0,
+    ),
     (
         "leases",
         "lease table write units per busy shard-hour",
@@ -183,6 +194,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale-shards", type=int, help="scale: shard count (default 1000)")
     parser.add_argument("--scale-records", type=int, help="scale: records per shard (default 20)")
     parser.add_argument(
+        "--budget-mb", type=int, help="budget: max_buffered_bytes in MiB (default 96)"
+    )
+    parser.add_argument(
         "--default-gc",
         action="store_true",
         help="throughput: run fanout and the floor with CPython's default GC thresholds",
@@ -224,6 +238,8 @@ def options(args: argparse.Namespace) -> scenarios.Options:
         opts.scale_shards = args.scale_shards
     if args.scale_records is not None:
         opts.scale_records_per_shard = args.scale_records
+    if args.budget_mb is not None:
+        opts.budget_bytes = args.budget_mb * 1024 * 1024
     opts.profile = args.profile
     opts.tune_gc = not args.default_gc
     return opts
@@ -362,6 +378,9 @@ def table(results: dict[str, Any]) -> str:
             f"peak RSS {sc['peak_rss_mb']:.0f} MB   DescribeStream calls "
             f"{sc['describe_stream_calls']}"
         )
+    bg = results.get("budget")
+    if bg:
+        lines.extend(budget.table(bg))
     return "\n".join(lines)
 
 

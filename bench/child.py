@@ -395,7 +395,18 @@ async def _fanout(spec: dict[str, Any]) -> dict[str, Any]:
     return await run_fanout(spec)
 
 
-CONSUMERS = {"fanout": _fanout, "floor": run_floor, "aiobotocore": run_aiobotocore}
+async def _budget(spec: dict[str, Any]) -> dict[str, Any]:
+    from bench.budget import run_budget
+
+    return await run_budget(spec)
+
+
+CONSUMERS = {
+    "fanout": _fanout,
+    "floor": run_floor,
+    "aiobotocore": run_aiobotocore,
+    "budget": _budget,
+}
 
 
 def main() -> int:

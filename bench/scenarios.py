@@ -1,4 +1,5 @@
-"""The four benchmark scenarios: throughput, latency, idle cost and scale.
+"""The benchmark scenarios: throughput, latency, idle cost, scale and lease cost (the
+byte budget's is in ``bench/budget.py``).
 
 Each scenario returns a JSON-ready dict. The stream server runs in a thread of the driver
 process and every measured consumer in a child process (``bench.child``), so a consumer's
@@ -90,6 +91,10 @@ class Options:
     lease_warmup: float = 12.0
     scale_shards: int = 1000
     scale_records_per_shard: int = 20
+    budget_shards: int = 1000
+    budget_records_per_shard: int = 4
+    budget_item_bytes: int = 50_000
+    budget_bytes: int = 96 * 1024 * 1024
     rounds: int = 1  # throughput: every consumer reads everything once per round
     baseline: Baseline | None = None  # throughput: an older checkout to measure beside fanout
     profile: bool = False

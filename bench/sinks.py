@@ -1,8 +1,9 @@
-"""Sink types that exist only for the benchmark: they count, and optionally time, arrivals.
+"""Sink types that exist only for the benchmark: they count, and optionally time, arrivals,
+or never return (``bench-blocked``: everything read stays buffered).
 
-``registry()`` offers them (``bench-count`` and ``bench-latency``) beside the installed sink
-types, so records reach them through the real pipeline: config validation,
-filters, lanes, batching, delivery bookkeeping and checkpoints.
+``registry()`` offers them (``bench-count``, ``bench-latency``, ``bench-blocked``) beside
+the installed sink types, so records reach them through the real pipeline: config
+validation, filters, lanes, batching, delivery bookkeeping and checkpoints.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fanout.sink import Failures, SinkContext
 
 COUNT_TYPE = "bench-count"
 LATENCY_TYPE = "bench-latency"
+BLOCKED_TYPE = "bench-blocked"
 
 # Arrivals in this process, for the benchmark driver that runs the worker.
 counts: dict[str, int] = {}
@@ -31,6 +33,10 @@ class CountSinkConfig(SinkConfig):
 class LatencySinkConfig(SinkConfig):
     type: Literal["bench-latency"] = "bench-latency"
     stamp: str = "written_at"
+
+
+class BlockedSinkConfig(SinkConfig):
+    type: Literal["bench-blocked"] = "bench-blocked"
 
 
 class CountSink:
@@ -72,6 +78,20 @@ class LatencySink(CountSink):
         return {}
 
 
+class BlockedSink(CountSink):
+    """Takes a batch and never answers: a sink that hangs for good."""
+
+    async def send(self, batch: Sequence[Record]) -> Failures:
+        import anyio
+
+        await anyio.sleep_forever()
+        return {}
+
+
+def _build_blocked(name: str, config: Any, context: SinkContext) -> BlockedSink:
+    return BlockedSink(name)
+
+
 def _build_count(name: str, config: Any, context: SinkContext) -> CountSink:
     return CountSink(name)
 
@@ -80,20 +100,21 @@ def _build_latency(name: str, config: Any, context: SinkContext) -> LatencySink:
     return LatencySink(name, config.stamp)
 
 
-def _sink_types() -> tuple[Any, Any]:
+def _sink_types() -> tuple[Any, Any, Any]:
     from fanout.sink import SinkType
 
     return (
         SinkType(CountSinkConfig, _build_count),
         SinkType(LatencySinkConfig, _build_latency),
+        SinkType(BlockedSinkConfig, _build_blocked),
     )
 
 
-COUNT, LATENCY = _sink_types()
+COUNT, LATENCY, BLOCKED = _sink_types()
 
 
 def registry() -> Any:
     """The sink types a benchmark config may use: the bench sinks, then every installed one."""
     from fanout.sink import SinkRegistry
 
-    return SinkRegistry({COUNT_TYPE: COUNT, LATENCY_TYPE: LATENCY})
+    return SinkRegistry({COUNT_TYPE: COUNT, LATENCY_TYPE: LATENCY, BLOCKED_TYPE: BLOCKED})

@@ -46,6 +46,7 @@ from fanout.progress.writer import CheckpointWriter
 from fanout.retry import RetryPolicy
 from fanout.sink import Sink, SinkContext
 from fanout.stream.api import StreamsAPI
+from fanout.stream.budget import MemoryBudget
 from fanout.stream.client import StreamsClient
 from fanout.stream.follow import StreamWorker
 from fanout.stream.reader import ReaderOptions
@@ -129,6 +130,10 @@ class Worker:
         self.exit_deadline = ExitDeadline(self.settings.shutdown_grace + EXIT_MARGIN_S)
         self._stop = anyio.Event()
         self._fatal: BaseException | None = None
+        # Bytes of records read and not settled, for the whole process (max_buffered_bytes).
+        self.budget = MemoryBudget(config.max_buffered_bytes)
+        self.metrics.buffered_bytes.set_function(lambda: self.budget.used)
+        self.metrics.buffered_bytes_limit.set(config.max_buffered_bytes)
         names = list(self.settings.streams)
         self.metrics.declare(
             names, {name: cfg.streams or names for name, cfg in config.sinks.items()}
@@ -307,6 +312,7 @@ class Worker:
                         self.reader_options,
                         on_fatal=self._on_fatal,
                         leases=self.leases,
+                        budget=self.budget,
                     )
                     for name, cfg in self.settings.streams.items()
                 ]

@@ -84,6 +84,65 @@ def parse_file_mode(value: Any) -> Any:
     return value
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "ki": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "ti": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
+}
+
+
+def parse_size(value: Any) -> Any:
+    """Bytes from a number or a string such as ``512MiB``, ``64MB``, ``1Gi`` (binary units
+    for ``KiB``/``Ki``/``K``, decimal for ``KB``)."""
+    if isinstance(value, bool):
+        raise ValueError("a size is a number of bytes or a string like '512MiB'")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        unit = (match.group(2) or "").lower() if match else None
+        if match is None or unit not in _SIZE_UNITS:
+            raise ValueError(
+                f"invalid size {value!r}: use bytes or a number with KiB, MiB, GiB (or KB, MB, GB)"
+            )
+        return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    return value
+
+
+_SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([kKmMgGtT]i?[bB]?|[bB])?\s*$"
+
+# A size in bytes; "512MiB" in the config.
+ByteSize = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    Field(gt=0),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "string", "pattern": _SIZE_PATTERN},
+            ],
+            "examples": ["512MiB"],
+        }
+    ),
+]
+
 # Permission bits of a file fanout creates; octal in the config ("0600").
 FileMode = Annotated[
     int,
@@ -379,6 +438,13 @@ class Settings(BaseSettings):
         "file's directory, which is the default. Each handler sink can set its own.",
     )
     http: HttpConfig = Field(default_factory=HttpConfig)
+    max_buffered_bytes: ByteSize | None = Field(
+        None,
+        description="Memory that records read and not yet settled by every sink may take, "
+        "process-wide (estimated from each page's JSON: parsed records take about ten times "
+        "their wire size); shard readers wait for room before reading a page. Bytes or e.g. "
+        "'512MiB'. Default: half the container's memory limit, else 512MiB.",
+    )
     shutdown_grace: Duration = Field(
         30.0,
         ge=0,
@@ -468,6 +534,14 @@ class Config:
         if wanted == "auto":
             return max(1, os.cpu_count() or 1)
         return wanted
+
+    @property
+    def max_buffered_bytes(self) -> int:
+        """The byte budget of buffered records: ``max_buffered_bytes``, else half the
+        container's memory limit, else 512 MiB."""
+        from fanout.stream.budget import default_budget
+
+        return self.settings.max_buffered_bytes or default_budget()
 
     def sink_set(self) -> dict[str, str]:
         """Every sink's name and type: what the workers of one application must share."""

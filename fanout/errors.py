@@ -8,6 +8,8 @@
     - TrimmedData               the position asked for is older than the retention
     - Throttled                 retryable: back off with jitter
     - ServiceError              retryable: 5xx or network failure
+    - MalformedAnswer           retryable: a 200 whose body is not the answer's shape (not
+                                JSON, not an object, a field of the wrong type)
   + SinkUnavailable            retryable: a sink could attempt nothing in the batch;
                                ``retry_after`` says how long the destination asked to wait
   + CheckpointError            retryable: the next checkpoint round writes again
@@ -83,6 +85,13 @@ class Throttled(SourceError):
 
 class ServiceError(SourceError):
     """5xx answer or a network failure."""
+
+    retryable = True
+
+
+class MalformedAnswer(SourceError):
+    """A 200 answer whose body is not what the operation returns: not JSON (a proxy's HTML
+    page), not a JSON object, or a field of the wrong type. The call is made again later."""
 
     retryable = True
 

@@ -65,14 +65,16 @@ class ShardDispatch:
             metrics.sink_records.labels(stream, route.name, "filtered") for route in routes
         ]
 
-    async def submit(self, records: list[Record], last_seq: str) -> None:
+    async def submit(self, records: list[Record], last_seq: str | None, weight: int = 0) -> None:
         """Hand a page to every sink. ``records`` may be fewer than the page (skipped ones);
-        ``last_seq`` is the page's last sequence number, settled once all are delivered.
+        ``last_seq`` is the page's last sequence number, settled once all are delivered
+        (None: no record of it has one; the frontier stays). ``weight`` is the page's share
+        of the byte budget, given back when it is settled.
 
         Malformed records are written to every routed sink's dead-letter destination, with
         the reason, before the page can settle; the others go on.
         """
-        ticket = self.progress.open(last_seq)
+        ticket = self.progress.open(last_seq, weight)
         if not _all_well_formed(records):
             records = await self._set_aside_malformed(records)
         for route, lane, filtered in zip(self.routes, self.lanes, self._filtered, strict=True):

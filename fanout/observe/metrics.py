@@ -18,7 +18,7 @@ _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 216
 _LOOP_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-GET_RECORDS_OUTCOMES = ("records", "empty", "throttled", "expired", "error")
+GET_RECORDS_OUTCOMES = ("records", "empty", "throttled", "expired", "error", "malformed")
 SINK_OUTCOMES = ("delivered", "filtered", "retried", "dead_lettered")
 SHARD_STATES = ("active", "finished")
 LEASE_EVENTS = ("taken", "lost", "released", "renew_failed")
@@ -41,8 +41,9 @@ class Metrics:
         )
         self.get_records_calls = Counter(
             "fanout_get_records_calls_total",
-            "GetRecords calls by outcome (records, empty, throttled, expired, error); every "
-            "call is billed outside Lambda.",
+            "GetRecords calls by outcome (records, empty, throttled, expired, error, "
+            "malformed: a 200 that is no GetRecords answer); every call is billed outside "
+            "Lambda.",
             ["stream", "outcome"],
             registry=r,
         )
@@ -71,6 +72,26 @@ class Metrics:
             "Gaps where records were lost before they were read: trimmed from the stream "
             "(an expired checkpoint, TrimmedDataAccessException) or a shard gone with "
             "unread records.",
+            ["stream"],
+            registry=r,
+        )
+
+        # -- the byte budget -------------------------------------------------------------
+        self.buffered_bytes = Gauge(
+            "fanout_buffered_bytes",
+            "Estimated memory of the records read and not settled yet by every sink (and of "
+            "the pages being read): what max_buffered_bytes bounds.",
+            registry=r,
+        )
+        self.buffered_bytes_limit = Gauge(
+            "fanout_buffered_bytes_limit",
+            "max_buffered_bytes: the byte budget of buffered records.",
+            registry=r,
+        )
+        self.budget_wait = Counter(
+            "fanout_budget_wait_seconds_total",
+            "Seconds shard readers waited for room in the byte budget before reading a page, "
+            "summed over the stream's shards.",
             ["stream"],
             registry=r,
         )
@@ -241,6 +262,7 @@ class Metrics:
             for state in SHARD_STATES:
                 self.shards.labels(stream, state).set(0)
             self.discovery_errors.labels(stream)
+            self.budget_wait.labels(stream)
             self.data_loss_events.labels(stream)
             self.records_lost.labels(stream)
             self.in_flight.labels(stream).set(0)

@@ -3,7 +3,8 @@
 A shard's checkpoint is the highest sequence number such that every record up to it has
 been settled (delivered, filtered out or dead-lettered) for every sink it was routed to.
 Records arrive in pages; each page gets a ``Ticket`` counting the record deliveries still
-owed for it, and the frontier moves over tickets in page order only.
+owed for it, and the frontier moves over tickets in page order only. A ticket also carries
+the page's weight in the process's byte budget, given back when the page is settled.
 """
 
 from __future__ import annotations
@@ -34,14 +35,27 @@ class LeaseGuard(Protocol):
         ...
 
 
+class HeldBytes(Protocol):
+    """What a shard holds of the byte budget (``fanout.stream.budget.ShardBytes``)."""
+
+    def release(self, size: int) -> None:
+        """A page of ``size`` bytes was settled."""
+        ...
+
+
 class Ticket:
-    """One page of one shard: ``pending`` record deliveries are still owed for it."""
+    """One page of one shard: ``pending`` record deliveries are still owed for it.
 
-    __slots__ = ("last_seq", "pending", "shard")
+    ``last_seq`` is None only for a page none of whose records has a sequence number (all
+    malformed, nothing read before): settling it leaves the frontier where it is.
+    """
 
-    def __init__(self, shard: ShardProgress, last_seq: str) -> None:
+    __slots__ = ("last_seq", "pending", "shard", "weight")
+
+    def __init__(self, shard: ShardProgress, last_seq: str | None, weight: int = 0) -> None:
         self.shard = shard
         self.last_seq = last_seq
+        self.weight = weight  # bytes of the budget the page holds
         # Starts at 1: the reader holds the ticket open until it has handed the page to
         # every sink, so a quick sink cannot settle the page before a slow one received it.
         self.pending = 1
@@ -50,6 +64,8 @@ class Ticket:
         """``count`` deliveries of this page are done (delivered or dead-lettered)."""
         self.pending -= count
         if self.pending == 0:
+            if self.weight and self.shard.held is not None:
+                self.shard.held.release(self.weight)
             self.shard.advance()
 
 
@@ -61,6 +77,7 @@ class ShardProgress:
         "dirty",
         "finished",
         "frontier",
+        "held",
         "last_progress",
         "lease",
         "shard_id",
@@ -76,6 +93,7 @@ class ShardProgress:
         shard_id: str,
         frontier: str | None,
         lease: LeaseGuard | None = None,
+        held: HeldBytes | None = None,
     ) -> None:
         self.stream_name = stream_name
         self.stream_arn = stream_arn
@@ -87,6 +105,7 @@ class ShardProgress:
         self._drained: anyio.Event | None = None
         self.lease = lease
         self.finished = False  # written as finished: no other checkpoint of it follows
+        self.held = held  # its share of the byte budget
 
     def may_deliver(self) -> bool:
         """True unless the shard's lease lapsed or moved: then nothing more of it may be
@@ -99,8 +118,8 @@ class ShardProgress:
         assert self.lease is not None
         await self.lease.lost_wait()
 
-    def open(self, last_seq: str) -> Ticket:
-        ticket = Ticket(self, last_seq)
+    def open(self, last_seq: str | None, weight: int = 0) -> Ticket:
+        ticket = Ticket(self, last_seq, weight)
         self.tickets.append(ticket)
         return ticket
 
@@ -108,7 +127,9 @@ class ShardProgress:
         tickets = self.tickets
         moved = False
         while tickets and tickets[0].pending == 0:
-            self.frontier = tickets.popleft().last_seq
+            seq = tickets.popleft().last_seq
+            if seq is not None:
+                self.frontier = seq
             moved = True
         if moved:
             self.dirty = True

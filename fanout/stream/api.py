@@ -53,10 +53,15 @@ class TableStream:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One GetRecords answer."""
+    """One GetRecords answer.
+
+    ``nbytes`` estimates the memory its records take once parsed (what the process's byte
+    budget counts, ``fanout.stream.budget``); 0 when unknown (fakes).
+    """
 
     records: list[Record]
     next_iterator: str | None  # None: the shard is closed and fully read
+    nbytes: int = 0
 
 
 class StreamsAPI(Protocol):

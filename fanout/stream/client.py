@@ -22,6 +22,7 @@ from fanout.aws.clients import AwsClients
 from fanout.aws.signer import Signer
 from fanout.errors import (
     IteratorExpired,
+    MalformedAnswer,
     ServiceError,
     SourceError,
     StreamNotFound,
@@ -29,6 +30,7 @@ from fanout.errors import (
     TrimmedData,
 )
 from fanout.stream.api import Page, TableStream
+from fanout.stream.budget import parsed_size
 
 log = logging.getLogger("fanout.stream.client")
 
@@ -147,10 +149,13 @@ class StreamsClient:
             self._http = None
 
     async def call(self, target: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Send one signed JSON 1.0 request and return the parsed answer."""
+        """Send one signed JSON 1.0 request and return the parsed answer.
+
+        Raises:
+            MalformedAnswer: the 200 answer is not a JSON object.
+        """
         raw = await self.call_raw(target, body)
-        result: dict[str, Any] = orjson.loads(raw) if raw else {}
-        return result
+        return _answer(raw, target.rpartition(".")[2]) if raw else {}
 
     async def call_raw(self, target: str, body: dict[str, Any]) -> bytes:
         if self._http is None:
@@ -183,9 +188,12 @@ class StreamsClient:
         """
         answer = await self.call(_DYNAMODB + "DescribeTable", {"TableName": table})
         desc = answer.get("Table", {})
+        if not isinstance(desc, dict):
+            raise MalformedAnswer("DescribeTable: Table is not an object", code="MalformedAnswer")
+        spec = desc.get("StreamSpecification")
         arn = desc.get("LatestStreamArn")
         # A disabled stream keeps LatestStreamArn but loses StreamSpecification.
-        enabled = desc.get("StreamSpecification", {}).get("StreamEnabled", False)
+        enabled = isinstance(spec, dict) and bool(spec.get("StreamEnabled", False))
         table_arn = desc.get("TableArn") or (str(arn).partition("/stream/")[0] if arn else "")
         return TableStream(str(table_arn), str(arn) if arn and enabled else None)
 
@@ -205,7 +213,16 @@ class StreamsClient:
         if child_shards_of:
             body["ShardFilter"] = {"Type": "CHILD_SHARDS", "ShardId": child_shards_of}
         answer = await self.call(_STREAMS + "DescribeStream", body)
-        desc: dict[str, Any] = answer["StreamDescription"]
+        desc = answer.get("StreamDescription")
+        shards = desc.get("Shards", []) if isinstance(desc, dict) else None
+        if not isinstance(shards, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("ShardId"), str) for s in shards
+        ):
+            raise MalformedAnswer(
+                "DescribeStream: the answer has no StreamDescription with a list of shards",
+                code="MalformedAnswer",
+            )
+        assert isinstance(desc, dict)
         return desc
 
     async def get_shard_iterator(
@@ -219,11 +236,54 @@ class StreamsClient:
         if sequence is not None:
             body["SequenceNumber"] = sequence
         answer = await self.call(_STREAMS + "GetShardIterator", body)
-        return str(answer["ShardIterator"])
+        found = answer.get("ShardIterator")
+        if not isinstance(found, str) or not found:
+            raise MalformedAnswer(
+                "GetShardIterator: the answer has no ShardIterator", code="MalformedAnswer"
+            )
+        return found
 
     async def get_records(self, iterator: str, limit: int | None = None) -> Page:
+        """One page; ``nbytes`` estimates what its records take in memory once parsed.
+
+        Raises:
+            MalformedAnswer: the 200 answer is not a JSON object, ``Records`` is not a list
+                or ``NextShardIterator`` not a string. Records that are not objects are
+                returned as they are (the dispatcher dead-letters them).
+        """
         body: dict[str, Any] = {"ShardIterator": iterator}
         if limit is not None:
             body["Limit"] = limit
-        answer = orjson.loads(await self.call_raw(_STREAMS + "GetRecords", body))
-        return Page(answer.get("Records") or [], answer.get("NextShardIterator"))
+        raw = await self.call_raw(_STREAMS + "GetRecords", body)
+        answer = _answer(raw, "GetRecords")
+        records = answer.get("Records")
+        following = answer.get("NextShardIterator")
+        if records is None:
+            records = []
+        if not isinstance(records, list) or not isinstance(following, str | None):
+            raise MalformedAnswer(
+                "GetRecords: Records is not a list or NextShardIterator not a string",
+                code="MalformedAnswer",
+            )
+        return Page(records, following, parsed_size(raw) if records else 0)
+
+
+def _answer(raw: bytes, op: str) -> dict[str, Any]:
+    """The JSON object of a 200 answer.
+
+    Raises:
+        MalformedAnswer: it is not JSON (a proxy's error page, a cut answer) or not an object.
+    """
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        start = raw[:80].decode("utf-8", "replace")
+        raise MalformedAnswer(
+            f"{op}: the answer is not JSON ({exc}): {start!r}", code="MalformedAnswer"
+        ) from exc
+    if not isinstance(answer, dict):
+        raise MalformedAnswer(
+            f"{op}: the answer is a JSON {type(answer).__name__}, not an object",
+            code="MalformedAnswer",
+        )
+    return answer

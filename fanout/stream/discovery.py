@@ -33,6 +33,7 @@ from fanout.progress.leases import HeldLease
 from fanout.progress.store import Checkpoint, CheckpointRow
 from fanout.progress.tracker import ShardProgress
 from fanout.stream.api import Shard, retry_call
+from fanout.stream.budget import ShardBytes
 from fanout.stream.gaps import DataLossError, Gap, iso, record_loss, unknown_gap
 from fanout.stream.parts import DiscoveryStatus, StreamParts, StreamStart
 from fanout.stream.reader import ReaderContext, ShardReader
@@ -65,6 +66,7 @@ class _Reading:
     progress: ShardProgress
     dispatch: ShardDispatch
     lease: HeldLease
+    held: ShardBytes
     reader: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     lanes: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     stopped: bool = False  # lost or handed over: the reader's task must not finish it
@@ -135,6 +137,7 @@ class ShardGraph:
             relist=self.relist,
             record_loss=self.record_loss,
         )
+        self._budget_wait = m.budget_wait.labels(self.name)
 
     def max_iterator_age(self) -> float:
         """Age of the newest record read, max over the shards being read."""
@@ -248,6 +251,7 @@ class ShardGraph:
 
     def _forget(self, reading: _Reading) -> None:
         sid = reading.shard.shard_id
+        reading.held.release_all()  # whatever its cancelled lanes still held
         self.running.discard(sid)
         self.progress.pop(sid, None)
         self.iterator_age.pop(sid, None)
@@ -549,10 +553,11 @@ class ShardGraph:
     async def _read_shard(self, shard: Shard, row: Checkpoint, lease: HeldLease) -> None:
         sid = shard.shard_id
         checkpoint = row if row.sequence is not None else None
-        progress = ShardProgress(self.name, self.stream_arn, sid, row.sequence, lease)
+        held = ShardBytes(self.parts.budget, self._budget_wait)
+        progress = ShardProgress(self.name, self.stream_arn, sid, row.sequence, lease, held)
         self.progress[sid] = progress
         dispatch = ShardDispatch(progress, self.parts.routes, self.metrics)
-        reading = _Reading(shard, progress, dispatch, lease)
+        reading = _Reading(shard, progress, dispatch, lease, held)
         self._reading[sid] = reading
         self.parts.lanes.start_soon(self._run_lanes, reading)
         reader = ShardReader(
@@ -563,6 +568,7 @@ class ShardGraph:
             checkpoint,
             latest=self.start.first_run and sid in self._initial_open,
             skip_before=self.start.skip_before,
+            held=held if self.parts.budget is not None else None,
         )
         ended = False
         with reading.reader:
@@ -584,6 +590,7 @@ class ShardGraph:
         if reading.stopped or not ended:
             return  # lost or handed over meanwhile
         self._reading.pop(sid, None)
+        held.release_all()  # settled: only what its reader reserved last is left
         if not written:  # the lease lapsed or moved before the shard was written as finished
             self._forget(reading)
             return

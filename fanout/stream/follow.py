@@ -27,6 +27,7 @@ from fanout.progress.tracker import ShardProgress
 from fanout.progress.writer import CheckpointWriter
 from fanout.retry import RetryPolicy
 from fanout.stream.api import Shard, StreamsAPI, TableStream
+from fanout.stream.budget import MemoryBudget
 from fanout.stream.discovery import ShardGraph
 from fanout.stream.parts import DiscoveryStatus, StreamParts, StreamStart
 from fanout.stream.reader import ReaderOptions
@@ -60,6 +61,7 @@ class StreamWorker:
         options: polling knobs and retry timing.
         on_fatal: told the error that ends ``run``, before it is raised.
         leases: this worker's leases (shards are read only under one).
+        budget: the process's byte budget for buffered records (None: not counted).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class StreamWorker:
         on_fatal: Callable[[BaseException], None] | None = None,
         *,
         leases: LeaseCoordinator,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -91,6 +94,7 @@ class StreamWorker:
             lanes=lanes,
             options=options,
             leases=leases,
+            budget=budget,
         )
         self.on_fatal = on_fatal
         self.retry = options.retry

@@ -114,11 +114,10 @@ def measure_gap(
         gap.empty_pages += 1
         return None
     stride = sequence_stride(records) or stride_before
-    if records:
-        before: str | None = records[0]["dynamodb"]["SequenceNumber"]
+    before = first_sequence(records)
+    if before is not None:
         count = estimate_lost(gap.after_seq, before, stride, inclusive=False)
     else:
-        before = None
         end = ending_sequence if ended else None
         count = estimate_lost(gap.after_seq, end, stride, inclusive=True)
     if count is None:
@@ -199,9 +198,19 @@ def skip_older(records: list[Record], before: float) -> tuple[list[Record], bool
 
 def created(record: Record) -> float:
     """A record's ApproximateCreationDateTime (epoch seconds; 0 when it has none)."""
-    part = record.get("dynamodb")
+    part = record.get("dynamodb") if isinstance(record, dict) else None
     value = part.get("ApproximateCreationDateTime") if isinstance(part, dict) else None
     return float(value) if isinstance(value, int | float) else 0.0
+
+
+def first_sequence(records: Sequence[Record]) -> str | None:
+    """The first sequence number of a page (records without one are skipped)."""
+    for record in records:
+        part = record.get("dynamodb") if isinstance(record, dict) else None
+        seq = part.get("SequenceNumber") if isinstance(part, dict) else None
+        if isinstance(seq, str):
+            return seq
+    return None
 
 
 def last_sequence(records: Sequence[Record]) -> str | None:

@@ -15,6 +15,7 @@ from fanout.progress.leases import LeaseCoordinator
 from fanout.progress.store import CheckpointStore
 from fanout.progress.writer import CheckpointWriter
 from fanout.stream.api import StreamsAPI
+from fanout.stream.budget import MemoryBudget
 from fanout.stream.reader import ReaderOptions
 
 # Stream records carry ApproximateCreationDateTime rounded down (to the second on AWS, to
@@ -38,6 +39,7 @@ class StreamParts:
         lanes: the task group the shards' lanes run in (they outlive the readers).
         options: polling knobs and retry timing.
         leases: this worker's leases (a shard is read only under one).
+        budget: the process's byte budget for buffered records (None: not counted).
     """
 
     name: str
@@ -50,6 +52,7 @@ class StreamParts:
     lanes: TaskGroup
     options: ReaderOptions
     leases: LeaseCoordinator
+    budget: MemoryBudget | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """One shard's GetRecords loop: iterators, polling, expiry, throttling and the gaps it meets.
 
 The reader of a shard reads from its starting point to its end and submits every page to
-the shard's lanes; nothing else is done per record but stamping ``eventSourceARN``. What
+the shard's lanes; nothing else is done per record but stamping ``eventSourceARN``. A page is
+read only when the process's byte budget has room for it (``fanout.stream.budget``). What
 the readers of one stream share (the client, the metrics, how to report a loss or ask for
 a new listing) comes in one ``ReaderContext``. The rules are in ``docs/shards.md``
 ("Reading a shard").
@@ -20,6 +21,7 @@ from prometheus_client import Counter
 
 from fanout.errors import (
     IteratorExpired,
+    MalformedAnswer,
     ServiceError,
     SourceError,
     StreamNotFound,
@@ -30,7 +32,8 @@ from fanout.progress.store import Checkpoint
 from fanout.progress.tracker import ShardProgress
 from fanout.records import Record
 from fanout.retry import RetryPolicy
-from fanout.stream.api import Shard, StreamsAPI, retry_call
+from fanout.stream.api import Page, Shard, StreamsAPI, retry_call
+from fanout.stream.budget import ShardBytes
 from fanout.stream.gaps import (
     Gap,
     OpenGap,
@@ -77,9 +80,10 @@ class ReaderOptions:
 class PageTarget(Protocol):
     """Where a shard's pages go (``fanout.delivery.lane.ShardDispatch``)."""
 
-    async def submit(self, records: list[Record], last_seq: str) -> None:
+    async def submit(self, records: list[Record], last_seq: str | None, weight: int = 0) -> None:
         """Hand ``records`` (ending at sequence number ``last_seq``) to every sink; may
-        wait while the sinks' buffers are full."""
+        wait while the sinks' buffers are full. ``weight`` is the page's share of the byte
+        budget, held until the page is settled."""
         ...
 
 
@@ -94,7 +98,7 @@ class ReaderContext:
         options: polling knobs and retry timing.
         max_idle_interval: the longest wait between GetRecords calls on an idle shard.
         calls: the GetRecords call counters by outcome (records, empty, throttled, expired,
-            error).
+            error, malformed).
         records_read: the records-read counter.
         iterator_age: age of the newest record read, by shard id (a gauge reads the max).
         relist: asks discovery to list the stream again now.
@@ -129,6 +133,23 @@ def lambda_identity(record: Record) -> None:
         }
 
 
+def stamp_records(records: list[Record], arn: str) -> int:
+    """Stamp ``eventSourceARN`` (and Lambda's ``userIdentity`` spelling) on the records that
+    are objects; returns how many are not (they are dead-lettered as malformed downstream).
+
+    The slow path of a page the reader's fast loop could not stamp.
+    """
+    bad = 0
+    for record in records:
+        if isinstance(record, dict):
+            record["eventSourceARN"] = arn
+            if "userIdentity" in record:
+                lambda_identity(record)
+        else:
+            bad += 1
+    return bad
+
+
 class ShardReader:
     """Reads one shard from its starting point to its end and submits every page.
 
@@ -143,6 +164,7 @@ class ShardReader:
         checkpoint: its stored checkpoint, if any (the reader resumes after it).
         latest: start from a LATEST iterator (the first start at LATEST, an open shard).
         skip_before: without a checkpoint, skip records created before this epoch time.
+        held: the shard's share of the process's byte budget (None: not counted).
     """
 
     def __init__(
@@ -155,8 +177,10 @@ class ShardReader:
         *,
         latest: bool = False,
         skip_before: float | None = None,
+        held: ShardBytes | None = None,
     ) -> None:
         self.context = context
+        self.held = held
         self.shard = shard
         self.progress = progress
         self.dispatch = dispatch
@@ -181,7 +205,6 @@ class ShardReader:
 
     async def _loop(self) -> bool:
         ctx = self.context
-        client = ctx.client
         calls = ctx.calls
         records_read = ctx.records_read
         arn = ctx.stream_arn
@@ -199,7 +222,7 @@ class ShardReader:
             if not progress.may_deliver():  # the lease lapsed: read nothing more of the shard
                 await progress.lease_lost()
             try:
-                page = await client.get_records(iterator)
+                page = await self._fetch(iterator)
             except IteratorExpired:
                 calls["expired"].inc()
                 expired += 1
@@ -218,6 +241,23 @@ class ShardReader:
                 continue
             except StreamNotFound:
                 raise
+            except MalformedAnswer as exc:
+                # A 200 that is no GetRecords answer (a proxy's page, a cut body): nothing
+                # was read; the same iterator is asked again after a wait.
+                errors += 1
+                calls["malformed"].inc()
+                if errors == 1 or errors % 10 == 0:
+                    log.warning(
+                        "get_records_malformed",
+                        extra={
+                            "stream": ctx.stream,
+                            "shard": sid,
+                            "error": str(exc),
+                            "attempt": errors,
+                        },
+                    )
+                await retry.wait(errors)
+                continue
             except (Throttled, ServiceError) as exc:
                 errors += 1
                 calls["throttled" if isinstance(exc, Throttled) else "error"].inc()
@@ -245,24 +285,32 @@ class ShardReader:
             if records:
                 calls["records"].inc()
                 records_read.inc(len(records))
-                for record in records:
-                    record["eventSourceARN"] = arn
-                    if "userIdentity" in record:  # TTL deletions only
-                        lambda_identity(record)
+                try:
+                    for record in records:
+                        record["eventSourceARN"] = arn
+                        if "userIdentity" in record:  # TTL deletions only
+                            lambda_identity(record)
+                except TypeError:  # a record that is not an object: the dispatcher sets it aside
+                    stamp_records(records, arn)
                 try:
                     last = records[-1]["dynamodb"]
                     last_seen: str | None = last["SequenceNumber"]
-                except (KeyError, TypeError):  # malformed: the dispatcher dead-letters it
-                    last, last_seen = {}, last_sequence(records) or self.last_seen
-                stamp = last.get("ApproximateCreationDateTime")
+                    stamp = last.get("ApproximateCreationDateTime")
+                except (KeyError, TypeError, AttributeError):  # malformed: dead-lettered
+                    last, last_seen, stamp = {}, last_sequence(records), None
                 if isinstance(stamp, int | float):
                     ages[sid] = max(0.0, time.time() - stamp)
                 if last_seen is not None:
                     self.last_seen = last_seen
                     self.last_read = (created(records[-1]), sequence_stride(records))
-                    await dispatch.submit(
-                        records if self.skip_before is None else self._skip(records), last_seen
-                    )
+                # Even a page without a sequence number (every record malformed) goes: its
+                # records must reach the dead-letter destinations; its ticket then leaves
+                # the frontier where it is.
+                await dispatch.submit(
+                    records if self.skip_before is None else self._skip(records),
+                    last_seen or self.last_seen,
+                    page.nbytes,
+                )
                 empties = 0
             else:
                 calls["empty"].inc()
@@ -291,6 +339,21 @@ class ShardReader:
                 progress.last_progress = time.monotonic()  # caught up: that is progress
             steps = empties - _EAGER_EMPTY_PAGES - 1
             await anyio.sleep(min(max_idle, _IDLE_FIRST_DELAY_S * (2 ** min(steps, 30))))
+
+    async def _fetch(self, iterator: str) -> Page:
+        """GetRecords, once the byte budget has room for the page the shard expects; the
+        shard then holds the page's real weight (``Page.nbytes``) until it is settled."""
+        held = self.held
+        if held is None:
+            return await self.context.client.get_records(iterator)
+        reserved = await held.reserve()
+        try:
+            page = await self.context.client.get_records(iterator)
+        except BaseException:
+            held.settle_page(reserved, 0)
+            raise
+        held.settle_page(reserved, page.nbytes)
+        return page
 
     def _skip(self, records: list[Record]) -> list[Record]:
         """Drop records older than the starting time; stop checking once past it."""

@@ -133,3 +133,21 @@ def test_baseline_rejects_an_unknown_revision(checkouts: Path) -> None:
     _git("rev-parse", "HEAD")
     with pytest.raises(BaselineError, match="rev-parse"):
         checkout("no-such-revision-anywhere", root=checkouts)
+
+
+def test_budget_scenario_reports_peak_rss_against_the_budget(tmp_path: Path) -> None:
+    from bench.budget import budget
+    from bench.scenarios import Options
+
+    opts = Options(
+        out=tmp_path,
+        budget_shards=50,
+        budget_records_per_shard=4,
+        budget_bytes=4 * 1024 * 1024,
+        logs=tmp_path,
+    )
+    result = budget(opts)
+    assert not result["timed_out"]
+    assert 0 < result["records_read"] < result["records_written"]  # stopped at the budget
+    assert result["buffered_mb"] <= result["budget_mb"]
+    assert result["peak_rss_mb"] >= result["baseline_rss_mb"] > 0

@@ -23,14 +23,23 @@ class Pages:
     """A ``PageTarget`` that keeps what it is given."""
 
     def __init__(self) -> None:
-        self.pages: list[tuple[list[dict[str, Any]], str]] = []
+        self.pages: list[tuple[list[dict[str, Any]], str | None]] = []
+        self.weights: list[int] = []
 
-    async def submit(self, records: list[dict[str, Any]], last_seq: str) -> None:
+    async def submit(
+        self, records: list[dict[str, Any]], last_seq: str | None, weight: int = 0
+    ) -> None:
         self.pages.append((records, last_seq))
+        self.weights.append(weight)
 
     @property
     def seqs(self) -> list[str]:
-        return [r["dynamodb"]["SequenceNumber"] for records, _ in self.pages for r in records]
+        return [
+            r["dynamodb"]["SequenceNumber"]
+            for records, _ in self.pages
+            for r in records
+            if isinstance(r, dict) and isinstance(r.get("dynamodb"), dict)
+        ]
 
 
 class Harness:
@@ -124,7 +133,7 @@ async def test_a_last_record_with_a_malformed_dynamodb_part_is_passed_on(streams
     assert reader.last_read == (0.0, None)
 
 
-async def test_a_page_without_any_sequence_number_is_not_submitted(streams):
+async def test_a_page_without_any_sequence_number_is_submitted_without_one(streams):
     stream, shard = one_shard(streams)
     shard.records.extend([{"eventName": "MODIFY"}, {"dynamodb": "garbage"}])
     written = streams.put(shard, 2)
@@ -132,7 +141,11 @@ async def test_a_page_without_any_sequence_number_is_not_submitted(streams):
     h = Harness(streams, stream)
     streams.page_size = 2
     assert await h.reader(shard).run() is True
-    assert h.pages.seqs == written  # the first page had nothing to checkpoint
+    # The first page goes on so its records reach the dead-letter destinations; having no
+    # sequence number, it leaves the checkpoint where it is.
+    assert [last for _, last in h.pages.pages] == [None, written[-1]]
+    assert len(h.pages.pages[0][0]) == 2
+    assert h.pages.seqs == written
 
 
 async def test_an_idle_caught_up_shard_backs_off_and_counts_as_progressing(streams):

@@ -35,9 +35,9 @@ class Fault:
     ``probability`` (drawn from the server's seeded RNG) until it has fired ``times`` times
     (None: forever). A firing fault sleeps ``delay`` seconds, then answers with ``error``:
     an error code (``"LimitExceededException"``, ``"InternalServerError"``...), an HTTP
-    status for a plain-text answer (``503``), ``"reset"`` to drop the connection without an
-    answer, or None for a delay only. ``status``, ``message`` and ``body`` override parts of
-    the answer.
+    status for a plain-text answer (``503``; ``200`` with ``body`` serves a malformed answer),
+    ``"reset"`` to drop the connection without an answer, or None for a delay only.
+    ``status``, ``message`` and ``body`` override parts of the answer.
     """
 
     op: str | None = None

@@ -177,6 +177,17 @@ class StreamServer(StreamStore):
         with self._lock:
             return self._faults.add(fault)
 
+    def garble(
+        self,
+        op: str | None = "GetRecords",
+        body: bytes = b"<html>Bad Gateway</html>",
+        **kwargs: Any,
+    ) -> Fault:
+        """Answer matching calls with a 200 whose body is ``body`` (by default an HTML page,
+        as a proxy might send; ``b"[]"`` for a JSON list) instead of the operation's answer;
+        other arguments as :meth:`fail`."""
+        return self.fail(op, 200, body=body, **kwargs)
+
     def throttle(self, op: str | None = "GetRecords", **kwargs: Any) -> Fault:
         """LimitExceededException (HTTP 400) on matching calls; arguments as :meth:`fail`."""
         return self.fail(op, "LimitExceededException", **kwargs)

@@ -251,6 +251,21 @@ class StreamStore:
                 result.append(str(seq))
             return result
 
+    def put_raw(self, shard: Shard, raw: bytes, *, at: float | None = None, size: int = 100) -> str:
+        """Append ``raw`` (JSON text, served as it is) as the shard's next record: ``b"null"``,
+        ``b'"text"'``, ``b"[1, 2]"``, an object without ``dynamodb``, for malformed-record
+        tests. It takes a sequence number (iterators move past it) but carries none unless
+        ``raw`` does. ``size`` counts against the page's byte cap. Returns the sequence number.
+        """
+        orjson.loads(raw)  # JSON, or the page would not be
+        with self._lock:
+            if shard.closed or shard.removed:
+                raise ValueError(f"{shard.shard_id} is closed")
+            seq = self._next_seq()
+            when = float(int(self.now() if at is None else at))
+            shard.append(bytes(raw), seq, when, size)
+            return str(seq)
+
     def insert(self, target: Stream | Shard, keys: Mapping[str, Any], new_image: Any) -> str:
         return self.put(target, Change("INSERT", keys, new_image, None))[0]
 
