@@ -14,7 +14,7 @@ from typing import Protocol
 
 import anyio
 
-from fanout.progress.store import LeaseToken
+from fanout.progress.store import LeaseToken, WindowState
 
 
 class LeaseGuard(Protocol):
@@ -31,6 +31,14 @@ class LeaseGuard(Protocol):
 
     async def lost_wait(self) -> None:
         """Wait for the cancellation that follows a lost lease."""
+        ...
+
+
+class WindowSource(Protocol):
+    """A sink's tumbling window on the shard (``fanout.delivery.windows.WindowLane``)."""
+
+    def snapshot(self) -> WindowState:
+        """The window as it is now."""
         ...
 
 
@@ -67,6 +75,7 @@ class ShardProgress:
         "stream_arn",
         "stream_name",
         "tickets",
+        "windows",
     )
 
     def __init__(
@@ -87,6 +96,9 @@ class ShardProgress:
         self._drained: anyio.Event | None = None
         self.lease = lease
         self.finished = False  # written as finished: no other checkpoint of it follows
+        # The shard's tumbling windows (``fanout.delivery.windows.WindowLane``), written
+        # with each of its checkpoints.
+        self.windows: list[WindowSource] = []
 
     def may_deliver(self) -> bool:
         """True unless the shard's lease lapsed or moved: then nothing more of it may be
