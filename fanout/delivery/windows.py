@@ -10,10 +10,10 @@ ends when a record of a later window arrives, or once the clock is ``CLOSE_GRACE
 its end with nothing queued; when the shard ends, its open window gets its final call
 at once (``isWindowTerminatedEarly`` true if the window had not reached its end).
 
-A record whose window already ended (DynamoDB Local rounds creation times down to the
-minute; a reader far behind meets records late) joins the window open at the time, or the
-first one after the last window closed: each record is in exactly one window, in stream
-order.
+A record older than the open window joins it; a record whose window already had its
+final call (DynamoDB Local rounds creation times down to the minute, so there windows
+follow the clock) goes to the window of the current time: each record is in exactly one
+window, windows never overlap, and records stay in stream order.
 
 The window, its state and ``covered`` (the last record the state accounts for) are stored
 with the shard's checkpoint, in the same write (``WindowState``). After a restart the
@@ -158,7 +158,8 @@ class WindowLane(Lane):
         if self.start is not None and start < self.start:
             start = self.start  # late for its window: joins the open one
         if self.closed is not None and start < self.closed:
-            start = window_start(self.closed, self.size)
+            # Its window already had its final call: the window of now takes it.
+            start = window_start(max(self.closed, self._clock()), self.size)
         return start
 
     async def deliver(self, batch: list[Record]) -> None:

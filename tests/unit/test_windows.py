@@ -142,9 +142,13 @@ async def test_records_go_to_the_window_of_their_creation_time(tmp_path):
     lane.start = T0 + 10  # a record older than the open window joins it
     assert lane.assign(record(2, T0 + 7)) == T0 + 10
     assert lane.assign(record(3, T0 + 16)) == T0 + 15
-    lane.start, lane.closed = None, T0 + 20  # nor does a closed window open again
-    assert lane.assign(record(4, T0 + 12)) == T0 + 20
-    assert lane.assign(record(5, T0 + 31)) == T0 + 30
+    # A window that had its final call never opens again: its late records go to the
+    # window of the current time.
+    lane.start, lane.closed = None, T0 + 20
+    assert lane.assign(record(4, T0 + 12)) == T0 + 20  # never before the closed one
+    lane._clock = Clock(T0 + 42)
+    assert lane.assign(record(4, T0 + 12)) == T0 + 40
+    assert lane.assign(record(5, T0 + 51)) == T0 + 50
 
 
 # -- calls --------------------------------------------------------------------------------
