@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -117,6 +117,16 @@ class HandlerSinkConfig(SinkConfig):
         description="context.memory_limit_in_mb; with isolation: process also each worker "
         "process's address-space limit (a process that runs out is replaced).",
     )
+    tumbling_window: Duration | None = Field(
+        None,
+        ge=1,
+        le=900,
+        description="Seconds (or a duration such as 5m), 1 to 900: call the handler with "
+        "Lambda's tumbling-window event (window, state, shardId, isFinalInvokeForWindow, "
+        "isWindowTerminatedEarly) and keep the state it returns per shard and window, "
+        "stored with the checkpoint (Lambda's TumblingWindowInSeconds). Windows follow "
+        "each record's ApproximateCreationDateTime. Default: no window.",
+    )
     copy_event: bool = Field(
         True,
         description="Give the handler its own copy of the records, so a handler that "
@@ -195,19 +205,43 @@ class HandlerSink:
             self._threads = Offload(config.concurrency, f"fanout-handler-{self.name}")
 
     async def send(self, batch: Sequence[Record]) -> Failures:
+        return batch_item_failures(await self._invoke(batch, None), batch)
+
+    async def send_window(
+        self, batch: Sequence[Record], window: Mapping[str, Any]
+    ) -> tuple[Failures, Any]:
+        """One call of a ``tumbling_window`` sink: the event is ``window`` (its ``window``,
+        ``state``, ``shardId``, ``eventSourceARN``, ``isFinalInvokeForWindow``,
+        ``isWindowTerminatedEarly``) plus ``Records``. Returns the failures the response
+        reports and its ``state``.
+
+        Raises:
+            InvalidResponse: the response has no ``state`` object (Lambda counts that as a
+                failed call).
+        """
+        result = await self._invoke(batch, window)
+        state = result.get("state") if isinstance(result, dict) else None
+        if not isinstance(state, dict):
+            raise InvalidResponse(
+                f'a tumbling_window handler must return {{"state": {{...}}}}; got {_clip(result)}'
+            )
+        return batch_item_failures(result, batch), state
+
+    async def _invoke(self, batch: Sequence[Record], window: Mapping[str, Any] | None) -> Any:
         if self._pool is not None:
-            result = await self._pool.invoke(self._request(batch), self.config.timeout)
-            return batch_item_failures(result, batch)
+            result = await self._pool.invoke(self._request(batch, window), self.config.timeout)
+            return result
         fn = self._fn
         assert fn is not None, "send() before start()"
         # An orjson round trip is a deep copy at a fraction of copy.deepcopy's cost.
         records = orjson.loads(orjson.dumps(batch)) if self.config.copy_event else list(batch)
+        event: dict[str, Any] = {"Records": records}
+        if window is not None:  # the handler gets its own copy of the state too
+            event.update(orjson.loads(orjson.dumps(window)))
         context = self._context(batch)
         if self._is_async:
-            result = await self._call_async(fn, {"Records": records}, context)
-        else:
-            result = await self._call_sync(fn, {"Records": records}, context)
-        return batch_item_failures(result, batch)
+            return await self._call_async(fn, event, context)
+        return await self._call_sync(fn, event, context)
 
     async def stop(self) -> None:
         self._fn = None
@@ -271,10 +305,10 @@ class HandlerSink:
 
     # -- isolation: process -----------------------------------------------------------------
 
-    def _request(self, batch: Sequence[Record]) -> bytes:
+    def _request(self, batch: Sequence[Record], window: Mapping[str, Any] | None = None) -> bytes:
         return orjson.dumps(
             {
-                "event": {"Records": batch},
+                "event": {"Records": batch, **(window or {})},
                 "context": {
                     "function_name": self.config.function_name or self.name,
                     "memory_limit_in_mb": self.config.memory_limit_in_mb,
@@ -329,6 +363,11 @@ def _clip(value: Any, limit: int = 120) -> str:
 
 
 def _check(name: str, config: HandlerSinkConfig, path: str) -> None:
+    if config.tumbling_window is not None and config.parallelization_factor != 1:
+        raise ConfigError(
+            f"{path}.tumbling_window",
+            "a tumbling window keeps one state per shard: it needs parallelization_factor 1",
+        )
     if config.isolation == "process":
         # Imported in the worker processes only: here, only check that the module exists.
         module = config.handler.partition(":")[0]

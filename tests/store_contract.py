@@ -13,6 +13,7 @@ from fanout.progress.store import (
     Claim,
     LeaseToken,
     Release,
+    WindowState,
     WorkerRow,
 )
 
@@ -176,6 +177,62 @@ async def scan_reads_rows_workers_and_sinks(store: CheckpointStore, other: Check
     assert (await other.scan()).sinks is None
 
 
+async def window_states_go_with_their_checkpoint(
+    store: CheckpointStore, other: CheckpointStore
+) -> None:
+    sums = WindowState("sums", 120.0, {"total": 7, "nested": {"a": [1, 2]}}, "5", 60.0)
+    counts = WindowState("counts", 120.0, {}, None, None)
+    await store.save([CheckpointRow(ARN, "s", "5", windows=(sums, counts))])
+    assert await store.load_windows(ARN, "s") == {"sums": sums, "counts": counts}
+    assert await store.load_windows(ARN, "t") == {}
+    assert await other.load_windows(ARN, "s") == {}  # another application sees none of it
+    # A later write replaces the sink's state and keeps the others.
+    later = WindowState("sums", 180.0, {}, "9", 180.0)
+    await store.save([CheckpointRow(ARN, "s", "9", windows=(later,))])
+    assert await store.load_windows(ARN, "s") == {"sums": later, "counts": counts}
+
+
+async def window_states_are_written_only_with_their_checkpoint(
+    store: CheckpointStore, other: CheckpointStore
+) -> None:
+    await store.ensure(ARN, ["s"])
+    [row] = await store.take([Claim(ARN, "s", None, 0)], "w1")
+    assert row is not None
+    lease = LeaseToken("w1", row.counter)
+    first = WindowState("sums", 0.0, {"total": 1}, "1")
+    assert await store.save([CheckpointRow(ARN, "s", "1", lease=lease, windows=(first,))]) == []
+    # A row whose lease moved is rejected, and its window state is not written either.
+    stale = CheckpointRow(
+        ARN,
+        "s",
+        "2",
+        lease=LeaseToken("w1", row.counter + 5),
+        windows=(WindowState("sums", 0.0, {"total": 99}, "2"),),
+    )
+    assert await store.save([stale]) == [stale]
+    assert (await store.load_windows(ARN, "s"))["sums"] == first
+    assert (await store.load(ARN))["s"].sequence == "1"
+
+
+async def a_large_window_state_round_trips(store: CheckpointStore, other: CheckpointStore) -> None:
+    big = WindowState("sums", 0.0, {f"k{i}": "x" * 90 for i in range(10_000)}, "3")
+    assert len(big.to_json()) > 900_000  # more than a DynamoDB item holds
+    await store.save([CheckpointRow(ARN, "s", "3", windows=(big,))])
+    assert await store.load_windows(ARN, "s") == {"sums": big}
+    smaller = WindowState("sums", 0.0, {"k": 1}, "4")
+    await store.save([CheckpointRow(ARN, "s", "4", windows=(smaller,))])
+    assert await store.load_windows(ARN, "s") == {"sums": smaller}
+
+
+async def a_finished_shard_drops_its_window_states(
+    store: CheckpointStore, other: CheckpointStore
+) -> None:
+    window = WindowState("sums", 0.0, {"total": 1}, "1")
+    await store.save([CheckpointRow(ARN, "s", "1", windows=(window,))])
+    await store.save([CheckpointRow(ARN, "s", "2", True)])
+    assert await store.load_windows(ARN, "s") == {}
+
+
 CHECKS: list[Callable[[CheckpointStore, CheckpointStore], Awaitable[None]]] = [
     checkpoints_keep_sequence_and_finished,
     stream_start_is_stored_once_per_application,
@@ -186,4 +243,8 @@ CHECKS: list[Callable[[CheckpointStore, CheckpointStore], Awaitable[None]]] = [
     checkpoints_under_a_lease_are_conditional,
     release_and_hand_over,
     scan_reads_rows_workers_and_sinks,
+    window_states_go_with_their_checkpoint,
+    window_states_are_written_only_with_their_checkpoint,
+    a_large_window_state_round_trips,
+    a_finished_shard_drops_its_window_states,
 ]

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fanout.delivery.giveup import DeadLetterWriter
-from fanout.delivery.lane import close_all, open_lane, run_all
+from fanout.delivery.lane import AnyLane, close_all, open_lane, run_all
 from fanout.delivery.route import Route
 from fanout.delivery.telemetry import LaneTelemetry
+from fanout.delivery.windows import WindowLane
 from fanout.observe.metrics import Metrics
+from fanout.progress.store import WindowState
 from fanout.progress.tracker import ShardProgress
 from fanout.records import Record
 
@@ -56,10 +59,30 @@ def _all_well_formed(records: list[Record]) -> bool:
 class ShardDispatch:
     """Routes each page of one shard to its sinks' lanes and tracks it with a ticket."""
 
-    def __init__(self, progress: ShardProgress, routes: list[Route], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        progress: ShardProgress,
+        routes: list[Route],
+        metrics: Metrics,
+        *,
+        windows: Mapping[str, WindowState] | None = None,
+        persist: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """``windows``: the window states stored with the shard's checkpoint, by sink;
+        ``persist`` writes the shard's checkpoint now (after a window's final call)."""
         self.progress = progress
         self.routes = routes
-        self.lanes = [open_lane(route, progress) for route in routes]
+        self.lanes: list[AnyLane] = []
+        self.windows: list[WindowLane] = []
+        for route in routes:
+            size = getattr(route.config, "tumbling_window", None)
+            if size is None:
+                self.lanes.append(open_lane(route, progress))
+                continue
+            stored = (windows or {}).get(route.name)
+            lane = WindowLane(route, progress, size, stored, persist)
+            self.windows.append(lane)
+            self.lanes.append(lane)
         stream = progress.stream_name
         self._filtered = [
             metrics.sink_records.labels(stream, route.name, "filtered") for route in routes
@@ -116,6 +139,12 @@ class ShardDispatch:
             ]
             await writer.write(entries)
         return good
+
+    async def end_windows(self) -> None:
+        """The shard ended and every record is settled: each open tumbling window gets its
+        final call (before the shard is written as finished)."""
+        for lane in self.windows:
+            await lane.end_shard()
 
     def close(self) -> None:
         """No more pages will come; the lanes return once drained."""

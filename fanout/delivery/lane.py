@@ -104,7 +104,7 @@ class Lane:
                 if self._closed:
                     return
                 self._wakeup = anyio.Event()
-                await self._wakeup.wait()
+                await self._idle()
             if window > 0 and self._waits_for_more(batch_size):
                 remaining = self._first_arrival + window - time.monotonic()
                 while remaining > 0 and self._waits_for_more(batch_size):
@@ -121,6 +121,10 @@ class Lane:
             # Keep no delivered records alive while waiting for the next batch (an idle
             # shard's lane would otherwise hold its last batch until more records come).
             del batch, segments
+
+    async def _idle(self) -> None:
+        """Wait for records (``put`` or ``close`` sets ``_wakeup``)."""
+        await self._wakeup.wait()
 
     def _waits_for_more(self, batch_size: int) -> bool:
         # A full lane gets nothing more until it delivers: waiting for the window is useless.

@@ -10,6 +10,9 @@ sort key ``sk``:
 * ``stream#<stream arn>``: ``start_timestamp``, ``created_at`` (LATEST / AT_TIMESTAMP);
 * ``meta``: ``sinks``, ``updated_at`` (the application's sink set).
 
+Window states of ``tumbling_window`` sinks are in their own partition,
+``windows#<application>`` (``fanout.progress.dynamodb_windows``).
+
 So one ``Query`` on the application's partition reads everything a lease cycle needs.
 Conditional writes are ``UpdateItem`` with a ``ConditionExpression``; a take of an expired
 lease is a ``TransactWriteItems`` of that update and a ``ConditionCheck`` on the owner's
@@ -31,6 +34,7 @@ import anyio
 
 from fanout.aws.clients import AwsClients
 from fanout.errors import CheckpointError
+from fanout.progress.dynamodb_windows import assemble, shard_prefix, window_puts, windows_pk
 from fanout.progress.store import (
     NO_WORKER_ROW,
     Checkpoint,
@@ -39,6 +43,7 @@ from fanout.progress.store import (
     LeaseToken,
     Release,
     Snapshot,
+    WindowState,
     WorkerRow,
 )
 
@@ -331,19 +336,64 @@ class DynamoDBCheckpointStore:
         expression = "SET " + ", ".join(sets)
         if removes:
             expression += " REMOVE " + ", ".join(removes)
+        update: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": self._key(self._shard_sk(row.stream_arn, row.shard_id)),
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            **kwargs,
+        }
         try:
-            await self._call(
-                "update_item",
-                TableName=self.table,
-                Key=self._key(self._shard_sk(row.stream_arn, row.shard_id)),
-                UpdateExpression=expression,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                **kwargs,
-            )
+            if row.windows and not row.finished:
+                await self._save_with_windows(row, update)
+            else:
+                await self._call("update_item", **update)
         except _Rejected:
             return row
+        if row.finished:  # a finished shard is never read again: its windows go
+            await self._drop_windows(row.stream_arn, row.shard_id)
         return None
+
+    # -- window states (fanout.progress.dynamodb_windows) -----------------------------------
+
+    async def _save_with_windows(self, row: CheckpointRow, update: dict[str, Any]) -> None:
+        puts = window_puts(self.table, self._application, row.stream_arn, row.shard_id, row.windows)
+        await self._call("transact_write_items", TransactItems=[{"Update": update}, *puts])
+
+    async def _window_items(self, stream_arn: str, shard_id: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "ConsistentRead": True,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {
+                ":pk": _s(windows_pk(self._application)),
+                ":prefix": _s(shard_prefix(stream_arn, shard_id)),
+            },
+        }
+        while True:
+            try:
+                page = await self._call("query", **kwargs)
+            except _Rejected as exc:  # a query has no condition
+                raise CheckpointError(str(exc)) from exc
+            items.extend(page.get("Items", []))
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                return items
+            kwargs["ExclusiveStartKey"] = last
+
+    async def _drop_windows(self, stream_arn: str, shard_id: str) -> None:
+        for item in await self._window_items(stream_arn, shard_id):
+            await self._call(
+                "delete_item", TableName=self.table, Key={"pk": item["pk"], "sk": item["sk"]}
+            )
+
+    @_counted
+    async def load_windows(self, stream_arn: str, shard_id: str) -> dict[str, WindowState]:
+        """The window states stored for one shard, by sink name."""
+        items = await self._window_items(stream_arn, shard_id)
+        return assemble(shard_prefix(stream_arn, shard_id), items)
 
     @_counted
     async def save(self, rows: Sequence[CheckpointRow]) -> list[CheckpointRow]:

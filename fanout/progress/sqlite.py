@@ -31,6 +31,7 @@ from fanout.progress.store import (
     LeaseToken,
     Release,
     Snapshot,
+    WindowState,
     WorkerRow,
 )
 
@@ -75,6 +76,15 @@ CREATE TABLE IF NOT EXISTS applications (
     application TEXT PRIMARY KEY,
     sinks TEXT NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS window_states (
+    application TEXT NOT NULL,
+    stream_arn TEXT NOT NULL,
+    shard_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    state BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (application, stream_arn, shard_id, sink)
 );
 """
 
@@ -302,11 +312,41 @@ class SQLiteCheckpointStore:
                 new = rules.checkpoint(self._get(db, row.stream_arn, row.shard_id), row, now)
                 if new is None:
                     rejected.append(row)
-                else:
-                    self._put(db, new)
+                    continue
+                self._put(db, new)
+                if new.finished:  # a finished shard is never read again: its windows go
+                    self._drop_windows(db, row.stream_arn, row.shard_id)
+                    continue
+                for window in row.windows:
+                    self._put_window(db, row, window, now)
             return rejected
 
         return self._write(body)
+
+    def _put_window(
+        self, db: sqlite3.Connection, row: CheckpointRow, window: WindowState, now: float
+    ) -> None:
+        db.execute(
+            "INSERT INTO window_states (application, stream_arn, shard_id, sink, state, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (application, stream_arn, shard_id, sink) DO UPDATE SET "
+            "state = excluded.state, updated_at = excluded.updated_at",
+            (self._application, row.stream_arn, row.shard_id, window.sink, window.to_json(), now),
+        )
+
+    def _drop_windows(self, db: sqlite3.Connection, stream_arn: str, shard_id: str) -> None:
+        db.execute(
+            "DELETE FROM window_states WHERE application = ? AND stream_arn = ? AND shard_id = ?",
+            (self._application, stream_arn, shard_id),
+        )
+
+    def _load_windows(self, stream_arn: str, shard_id: str) -> dict[str, WindowState]:
+        rows = self._connect().execute(
+            "SELECT sink, state FROM window_states WHERE application = ? AND stream_arn = ? "
+            "AND shard_id = ?",
+            (self._application, stream_arn, shard_id),
+        )
+        return {sink: WindowState.from_json(sink, data) for sink, data in rows}
 
     def _start(self, stream_arn: str, timestamp: float) -> tuple[float, bool]:
         def body(db: sqlite3.Connection) -> tuple[float, bool]:
@@ -502,6 +542,10 @@ class SQLiteCheckpointStore:
     async def all(self) -> list[Checkpoint]:
         """Every shard row of the application, ordered by stream ARN and shard id."""
         return await self._call(self._all)
+
+    async def load_windows(self, stream_arn: str, shard_id: str) -> dict[str, WindowState]:
+        """The window states stored for one shard, by sink name."""
+        return await self._call(self._load_windows, stream_arn, shard_id)
 
     async def scan(self) -> Snapshot:
         return await self._call(self._scan)

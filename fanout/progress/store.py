@@ -10,7 +10,9 @@ per-shard checkpoints it holds what the workers of an application coordinate thr
 * a **worker row** per running worker, whose ``heartbeat`` counter the worker raises every
   renewal interval; a lease whose owner's heartbeat stood still for ``lease_duration`` (on
   the observer's own monotonic clock) is expired;
-* the application's **sink set**, as the last worker started recorded it.
+* the application's **sink set**, as the last worker started recorded it;
+* the **window states** of a shard (``WindowState``: a ``tumbling_window`` handler sink's
+  open window and its state), written with the shard's checkpoint in one transaction.
 
 ``fanout.progress.leases`` holds the rules built on these operations; ``docs/leases.md``
 the protocol and its timing.
@@ -18,9 +20,11 @@ the protocol and its timing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,46 @@ class LeaseToken:
 
     owner: str
     counter: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    """The tumbling window of one sink on one shard, stored with the shard's checkpoint.
+
+    Attributes:
+        sink: the sink's name.
+        start: the open window's start (epoch seconds); None when no window is open.
+        state: the state the handler returned for the open window (a JSON object).
+        covered: the sink's last record (sequence number) that ``state`` accounts for:
+            after a restart, records up to it are not delivered to the sink again.
+        closed: the end of the last window whose final invocation completed; no window
+            before it opens again.
+    """
+
+    sink: str
+    start: float | None = None
+    state: Mapping[str, Any] = field(default_factory=dict)
+    covered: str | None = None
+    closed: float | None = None
+
+    def to_json(self) -> bytes:
+        """Everything but the sink's name, as JSON (how the stores keep it)."""
+        return orjson.dumps(
+            {
+                "start": self.start,
+                "state": self.state,
+                "covered": self.covered,
+                "closed": self.closed,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, sink: str, data: bytes | str) -> WindowState:
+        """The window state ``to_json`` wrote for ``sink``."""
+        raw = orjson.loads(data)
+        return cls(
+            sink, raw.get("start"), raw.get("state") or {}, raw.get("covered"), raw.get("closed")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +87,9 @@ class CheckpointRow:
         lease: write only while the row's lease is this one (else the row is rejected); a
             finished row written with its lease also releases the lease. None: written
             whoever holds the shard (facts any worker may record: a shard skipped or gone).
+        windows: window states written with the row, in the same transaction (only if the
+            row is written). A finished row deletes the shard's window states instead (at
+            least those it names).
     """
 
     stream_arn: str
@@ -50,6 +97,7 @@ class CheckpointRow:
     sequence: str | None
     finished: bool = False
     lease: LeaseToken | None = None
+    windows: tuple[WindowState, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +235,8 @@ class CheckpointStore(Protocol):
 
     async def save(self, rows: Sequence[CheckpointRow]) -> list[CheckpointRow]:
         """Write ``rows``; returns those rejected because their lease moved (the others are
-        written). A ``None`` sequence keeps the stored one; ``finished`` never goes back."""
+        written). A ``None`` sequence keeps the stored one; ``finished`` never goes back. A
+        row's ``windows`` are written together with it or not at all."""
         ...
 
     async def stream_start(self, stream_arn: str, timestamp: float) -> tuple[float, bool]:
@@ -204,6 +253,10 @@ class CheckpointStore(Protocol):
 
     async def all(self) -> list[Checkpoint]:
         """Every shard row of the application, ordered by stream ARN and shard id."""
+        ...
+
+    async def load_windows(self, stream_arn: str, shard_id: str) -> dict[str, WindowState]:
+        """The window states stored for one shard (written with ``save``), by sink name."""
         ...
 
     # -- leases -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import anyio
 
-from fanout.progress.store import LeaseToken
+from fanout.progress.store import LeaseToken, WindowState
 
 
 class LeaseGuard(Protocol):
@@ -40,6 +40,14 @@ class HeldBytes(Protocol):
 
     def release(self, size: int) -> None:
         """A page of ``size`` bytes was settled."""
+        ...
+
+
+class WindowSource(Protocol):
+    """A sink's tumbling window on the shard (``fanout.delivery.windows.WindowLane``)."""
+
+    def snapshot(self) -> WindowState:
+        """The window as it is now."""
         ...
 
 
@@ -84,6 +92,7 @@ class ShardProgress:
         "stream_arn",
         "stream_name",
         "tickets",
+        "windows",
     )
 
     def __init__(
@@ -106,6 +115,9 @@ class ShardProgress:
         self.lease = lease
         self.finished = False  # written as finished: no other checkpoint of it follows
         self.held = held  # its share of the byte budget
+        # The shard's tumbling windows (``fanout.delivery.windows.WindowLane``), written
+        # with each of its checkpoints.
+        self.windows: list[WindowSource] = []
 
     def may_deliver(self) -> bool:
         """True unless the shard's lease lapsed or moved: then nothing more of it may be

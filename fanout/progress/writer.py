@@ -265,13 +265,16 @@ class CheckpointWriter:
 
 
 def _row(progress: ShardProgress) -> CheckpointRow | None:
-    """The shard's checkpoint row at its frontier, under its lease; None when the lease
-    lapsed or moved."""
+    """The shard's checkpoint row at its frontier, with its window states, under its lease;
+    None when the lease lapsed or moved."""
     lease = progress.lease
+    windows = tuple(w.snapshot() for w in progress.windows)
     if lease is None:
-        return CheckpointRow(progress.stream_arn, progress.shard_id, progress.frontier)
+        return CheckpointRow(
+            progress.stream_arn, progress.shard_id, progress.frontier, windows=windows
+        )
     if not lease.valid():
         return None
     return CheckpointRow(
-        progress.stream_arn, progress.shard_id, progress.frontier, False, lease.token
+        progress.stream_arn, progress.shard_id, progress.frontier, False, lease.token, windows
     )

@@ -105,6 +105,10 @@ class ShardGraph:
         self.start = start
         self.status = status
         self.leases = parts.leases
+        # Tumbling-window sinks: their states are loaded with each shard.
+        self._windowed = any(
+            getattr(r.config, "tumbling_window", None) is not None for r in parts.routes
+        )
         self.progress: dict[str, ShardProgress] = {}
         self.finished: set[str] = {s for s, c in checkpoints.items() if c.finished}
         self.running: set[str] = set()
@@ -556,7 +560,18 @@ class ShardGraph:
         held = ShardBytes(self.parts.budget, self._budget_wait)
         progress = ShardProgress(self.name, self.stream_arn, sid, row.sequence, lease, held)
         self.progress[sid] = progress
-        dispatch = ShardDispatch(progress, self.parts.routes, self.metrics)
+        windows = None
+        if self._windowed:
+            windows = await self.writer.call(
+                lambda: self.parts.store.load_windows(self.stream_arn, sid), stream=self.name
+            )
+
+        async def persist() -> bool:
+            return await self.writer.checkpoint(progress, stream=self.name)
+
+        dispatch = ShardDispatch(
+            progress, self.parts.routes, self.metrics, windows=windows, persist=persist
+        )
         reading = _Reading(shard, progress, dispatch, lease, held)
         self._reading[sid] = reading
         self.parts.lanes.start_soon(self._run_lanes, reading)
@@ -586,6 +601,7 @@ class ShardGraph:
                     await self._give_up(reading)
                 return
             await progress.drained()
+            await dispatch.end_windows()
             written = await self.writer.finish(progress)
         if reading.stopped or not ended:
             return  # lost or handed over meanwhile

@@ -142,18 +142,10 @@ def _destination(value: Any, where: str, report: Report) -> dict[str, Any] | Non
 
 
 def _tumbling(seconds: int, where: str, sink: dict[str, Any], report: Report) -> None:
-    from sinks.handler import HandlerSinkConfig
-
-    if not seconds:
-        return
-    if "tumbling_window" in HandlerSinkConfig.model_fields:
+    """TumblingWindowInSeconds: 0 is no window; 1 to 900 is the handler's ``tumbling_window``
+    (the handler gets Lambda's window event and keeps its state)."""
+    if seconds:
         sink["tumbling_window"] = seconds
-        return
-    report.error(
-        where,
-        "tumbling windows are not supported yet: the handler would be called without the "
-        "window state it expects",
-    )
 
 
 def sink_options(trigger: Trigger, report: Report) -> dict[str, Any] | None:

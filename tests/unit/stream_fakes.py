@@ -39,6 +39,7 @@ from fanout.progress.store import (
     LeaseToken,
     Release,
     Snapshot,
+    WindowState,
     WorkerRow,
 )
 from fanout.records import Record
@@ -433,6 +434,7 @@ class MemoryCheckpointStore:
 
     def __init__(self, application: str = "fanout") -> None:
         self.rows: dict[tuple[str, str], Checkpoint] = {}
+        self.windows: dict[tuple[str, str], dict[str, WindowState]] = {}
         self.starts: dict[str, float] = {}
         self.workers: dict[str, WorkerRow] = {}
         self.sinks: str | None = None
@@ -474,11 +476,19 @@ class MemoryCheckpointStore:
             new = rules.checkpoint(self.rows.get(key), row, now)
             if new is None:
                 rejected.append(row)
+                continue
+            self.rows[key] = new
+            if new.finished:  # a finished shard's windows go with it
+                self.windows.pop(key, None)
             else:
-                self.rows[key] = new
+                self.windows.setdefault(key, {}).update({w.sink: w for w in row.windows})
         if rows:
             self.saves.append(list(rows))
         return rejected
+
+    async def load_windows(self, stream_arn: str, shard_id: str) -> dict[str, WindowState]:
+        self._maybe_fail("load_windows")
+        return dict(self.windows.get((stream_arn, shard_id), {}))
 
     async def stream_start(self, stream_arn: str, timestamp: float) -> tuple[float, bool]:
         self._maybe_fail("stream_start")

@@ -140,13 +140,18 @@ def test_triggers_json_fields_map_and_lambda_only_ones_are_noted_once(tmp_path):
     assert any("reserved concurrency of 0" in n and "(throttled)" in n for n in result.notes)
 
 
+def test_tumbling_window_in_seconds_maps_to_tumbling_window(tmp_path):
+    path = triggers(tmp_path, {"t": {"handler": "app.h.run", "TumblingWindowInSeconds": 30}})
+    assert one_sink(path)["tumbling_window"] == 30
+
+
 def test_every_problem_is_reported_at_once(tmp_path):
     path = triggers(
         tmp_path,
         {
             "t": {
                 "handler": "a.b",
-                "TumblingWindowInSeconds": 30,
+                "TumblingWindowInSeconds": 901,
                 "on_failure": "arn:aws:sns:eu-west-1:123456789012:topic",
                 "ScalingConfig": {"MaximumConcurrency": 2},
                 "BatchSize": 0,
@@ -158,7 +163,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
     lines = errors_of(path)
     assert len(lines) == 6, lines
     text = "\n".join(lines)
-    assert "t.TumblingWindowInSeconds: tumbling windows are not supported" in text
+    assert "t.TumblingWindowInSeconds: 901 is not between 0 and 900" in text
     assert "on-failure destination of sns" in text
     assert "t.ScalingConfig: is not a parameter of DynamoDB stream" in text
     assert "t.BatchSize: 0 is not between 1 and 10000" in text
