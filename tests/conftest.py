@@ -265,29 +265,6 @@ def s3_client(moto_server: MotoServer) -> Iterator[Any]:
     client.close()
 
 
-@pytest.fixture
-def s3_bucket(request: pytest.FixtureRequest, s3_client: Any) -> Iterator[Callable[[], str]]:
-    """Factory: ``s3_bucket() -> name``, a uniquely named bucket on the moto server, emptied
-    and deleted afterwards."""
-    created: list[str] = []
-
-    def make() -> str:
-        name = unique_name(request, "b", limit=60).lower().replace("_", "-").strip("-")
-        s3_client.create_bucket(Bucket=name)
-        created.append(name)
-        return name
-
-    yield make
-    for name in created:
-        try:
-            for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=name):
-                for item in page.get("Contents") or []:
-                    s3_client.delete_object(Bucket=name, Key=item["Key"])
-            s3_client.delete_bucket(Bucket=name)
-        except s3_client.exceptions.NoSuchBucket:
-            pass
-
-
 def s3_objects(s3_client: Any, bucket: str, prefix: str = "") -> dict[str, bytes]:
     """Every object under ``prefix`` in ``bucket``: key -> body, in key order."""
     found: dict[str, bytes] = {}

@@ -17,7 +17,7 @@ from fanout.aws.clients import AwsClients
 from fanout.cli import main
 from fanout.delivery.deadletter.overflow import S3Overflow
 from fanout.delivery.deadletter.s3 import S3Bucket, S3DeadLetter
-from fanout.delivery.deadletter.sqs import OVERFLOW_KEY, SqsDeadLetter
+from fanout.delivery.deadletter.sqs import SqsDeadLetter
 from fanout.errors import DeadLetterError
 from tests.conftest import s3_objects
 from tests.unit.test_sqs_dlq import make_entries
