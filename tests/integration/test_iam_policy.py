@@ -62,7 +62,10 @@ def user(iam: Any, name: str, policy: dict[str, Any]) -> dict[str, str]:
     iam.create_user(UserName=name)
     iam.put_user_policy(UserName=name, PolicyName="fanout", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName=name)["AccessKey"]
-    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    return {
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+    }
 
 
 # AWS authorizes SQS's batch calls by the single-message action (SendMessageBatch needs
