@@ -299,7 +299,8 @@ def setup(
     """
     REDACTOR.add(*secrets)
     REDACTOR.add(*(os.environ[name] for name in _AWS_ENV if os.environ.get(name)))
-    handler = logging.StreamHandler(stream or sys.stderr)
+    # Lines are redacted here: skip the redacting wrapper commands put around stderr.
+    handler = logging.StreamHandler(stream or getattr(sys.stderr, "wrapped", sys.stderr))
     handler.setFormatter(JsonFormatter(REDACTOR) if fmt == "json" else TextFormatter(REDACTOR))
     root = logging.getLogger()
     for old in list(root.handlers):
