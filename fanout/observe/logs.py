@@ -95,7 +95,14 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # SigV4 Authorization header parts
     (re.compile(r"(?i)(Signature=)[0-9a-f]{16,}"), rf"\1{MASK}"),
     (re.compile(r"(?i)(Credential=)[^,\s\"']+"), rf"\1{MASK}"),
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), rf"\1 {MASK}"),
+    # (a credential has a capital, a digit or a sign in it: "Basic authentication" is prose)
+    (
+        re.compile(
+            r"\b([Bb]earer|[Bb]asic|BEARER|BASIC)\s+"
+            r"(?=[a-z._~-]*[A-Z0-9+/=])[A-Za-z0-9._~+/=-]{8,}"
+        ),
+        rf"\1 {MASK}",
+    ),
     (re.compile(r"(?i)(aws_secret_access_key\s*[=:]\s*)\S+"), rf"\1{MASK}"),
 )
 
