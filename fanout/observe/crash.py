@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from fanout.observe.logs import _AWS_ENV, REDACTOR, config_secrets
+from fanout.observe.logs import REDACTOR, config_secrets, env_secrets
 
 if TYPE_CHECKING:
     from fanout.config import Config
@@ -91,7 +91,7 @@ def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, A
 
 def install() -> None:
     """Redact uncaught-exception output from here on (see the module docstring)."""
-    REDACTOR.add(*(os.environ[name] for name in _AWS_ENV if os.environ.get(name)))
+    REDACTOR.add(*env_secrets())
     sys.excepthook = _print_redacted
     threading.excepthook = _thread_hook
 

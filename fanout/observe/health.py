@@ -133,7 +133,7 @@ def stream_problems(worker: ReadinessView, now: float | None = None) -> dict[str
     not_ready = [w.name for w in worker.streams if not w.ready]
     if not_ready:
         problems["streams_not_ready"] = not_ready
-    unreachable = []
+    unreachable: list[dict[str, Any]] = []
     for w in worker.streams:
         if not w.ready:
             continue
