@@ -193,6 +193,10 @@ class Worker:
             from fanout.delivery.deadletter.sqs import SqsDeadLetter
 
             return SqsDeadLetter.for_sink(self.config, name, self.aws)
+        if dl.type == "s3":
+            from fanout.delivery.deadletter.s3 import S3DeadLetter
+
+            return S3DeadLetter.for_sink(self.config, name, self.aws)
         return dead_letters.FileDeadLetter(self.config.dead_letter_path(name), mode=dl.file_mode)
 
     def _routes(self) -> list[Route]:

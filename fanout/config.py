@@ -291,10 +291,56 @@ class RetryConfig(Model):
         return value
 
 
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _check_bucket(value: str | None) -> str | None:
+    if value is not None and not _BUCKET.match(value):
+        raise ValueError(
+            f"{value!r} is not an S3 bucket name (3-63 lower-case letters, digits, '.' and '-')"
+        )
+    return value
+
+
+class OverflowConfig(Model):
+    """Where an SQS dead-letter queue keeps entries too large for a message."""
+
+    type: Literal["file", "s3"] = Field(
+        "file",
+        description="file: dlq-overflow/ next to the checkpoint database (the worker's own "
+        "disk); s3: objects in 'bucket' that any reader of the queue can fetch.",
+    )
+    bucket: str | None = Field(None, description="S3 bucket (type s3).")
+    prefix: str = Field(
+        "fanout-dlq-overflow/",
+        description="Key prefix (type s3); objects are <prefix><sink>/<sha256>.json.",
+    )
+    region: str | None = Field(None, description="The bucket's region; default: the queue's.")
+    endpoint_url: str | None = Field(
+        None, description="Another S3 endpoint, e.g. a local emulator."
+    )
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        return _check_bucket(value)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value, "endpoint URL")
+
+    @model_validator(mode="after")
+    def _needs(self) -> OverflowConfig:
+        if self.type == "s3" and not self.bucket:
+            raise ValueError("type s3 needs 'bucket'")
+        return self
+
+
 class DeadLetterConfig(Model):
     """Where records go that a sink gave up on."""
 
-    type: Literal["file", "sqs", "sink"] = Field("file", description="Destination kind.")
+    type: Literal["file", "sqs", "s3", "sink"] = Field("file", description="Destination kind.")
     path: str | None = Field(
         None,
         description="JSON lines file (type file); default: dlq-<sink>.jsonl next to the "
@@ -311,11 +357,22 @@ class DeadLetterConfig(Model):
     )
     region: str | None = Field(
         None,
-        description="The queue's region (type sqs); default: the region its URL names, else "
-        "the environment's.",
+        description="The queue's or bucket's region (type sqs or s3); default: the region "
+        "a queue URL names, else the environment's.",
     )
     endpoint_url: str | None = Field(
-        None, description="Another SQS endpoint (type sqs), e.g. a local emulator."
+        None, description="Another SQS or S3 endpoint (type sqs or s3), e.g. a local emulator."
+    )
+    bucket: str | None = Field(
+        None, description="S3 bucket (type s3): one object per entry, keys sortable by time."
+    )
+    prefix: str = Field(
+        "fanout-dlq/",
+        description="Key prefix (type s3); objects are <prefix><sink>/<time>-<id>.json.",
+    )
+    overflow: OverflowConfig = Field(
+        default_factory=OverflowConfig,
+        description="Where entries too large for an SQS message are kept (type sqs).",
     )
     sink: str | None = Field(None, description="Another configured sink (type sink).")
     file_mode: FileMode = Field(
@@ -344,10 +401,17 @@ class DeadLetterConfig(Model):
     def _endpoint(cls, value: str | None) -> str | None:
         return None if value is None else check_http_url(value, "endpoint URL")
 
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        return _check_bucket(value)
+
     @model_validator(mode="after")
     def _needs(self) -> DeadLetterConfig:
         if self.type == "sqs" and (self.queue_url is None) == (self.queue_name is None):
             raise ValueError("type sqs needs 'queue_url' or 'queue_name' (one of them)")
+        if self.type == "s3" and not self.bucket:
+            raise ValueError("type s3 needs 'bucket'")
         if self.type == "sink" and not self.sink:
             raise ValueError("type sink needs 'sink'")
         return self

@@ -265,6 +265,16 @@ def s3_client(moto_server: MotoServer) -> Iterator[Any]:
     client.close()
 
 
+def s3_objects(s3_client: Any, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    """Every object under ``prefix`` in ``bucket``: key -> body, in key order."""
+    found: dict[str, bytes] = {}
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents") or []:
+            body = s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"]
+            found[item["Key"]] = body.read()
+    return found
+
+
 def queue_arn(sqs_client: Any, url: str) -> str:
     """The ARN of the queue at ``url``."""
     answer = sqs_client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])

@@ -12,14 +12,17 @@ reported.
 
 Errors of calls that are not retried here (the size lookup, receive, delete, release) are
 raised as they come (``TRANSPORT_ERRORS``); callers map them to their own errors. One
-exception: when ``sqs:GetQueueAttributes`` is denied, the size lookup falls back to the SQS
-limit (or ``max_message_bytes``) and logs ``sqs_queue_size_unknown``, so a policy that
-allows only ``sqs:SendMessage`` still sends; a queue with a lower ``MaximumMessageSize`` then
-refuses larger messages itself (a sender fault).
+exception: when ``sqs:GetQueueAttributes`` is denied, the size lookup assumes 256 KiB (or a
+lower ``max_message_bytes``) and logs ``sqs_queue_size_unknown``, so a policy that allows only
+``sqs:SendMessage`` still sends. 256 KiB is the limit of every queue created before SQS took
+1 MiB messages (August 2025) and of any queue set back to it; guessing higher would be worse
+than wasteful: a batch larger than the queue's limit is refused as a whole
+(``BatchRequestTooLong``, not a per-message sender fault), again on every retry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +41,8 @@ log = logging.getLogger("fanout.aws.sqs")
 
 SQS_MAX_MESSAGE_BYTES = 1_048_576
 """The SQS limit for one message and for the sum of one SendMessageBatch (1 MiB)."""
+SQS_ASSUMED_MESSAGE_BYTES = 262_144
+"""The limit assumed when a queue's ``MaximumMessageSize`` cannot be read (256 KiB)."""
 SQS_MAX_BATCH_ENTRIES = 10
 """Entries of one SendMessageBatch, DeleteMessageBatch or ChangeMessageVisibilityBatch."""
 TRANSPORT_ERRORS = (
@@ -131,12 +136,15 @@ class SendFailure:
         code: SQS's error code (or the exception's class for a call that failed).
         message: the error text.
         sender_fault: the message itself was refused; sending it unchanged fails again.
+        ambiguous: the call failed as a whole (timeout, network, 5xx), so SQS may have
+            stored the message all the same.
     """
 
     index: int
     code: str
     message: str
     sender_fault: bool
+    ambiguous: bool = False
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -248,16 +256,17 @@ class SqsQueue:
                 except ClientError as exc:
                     if not _access_denied(exc):
                         raise
+                    assumed = min(SQS_ASSUMED_MESSAGE_BYTES, self._limit)
                     log.warning(
                         "sqs_queue_size_unknown",
                         extra={
                             "queue": self.url,
-                            "error": str(exc),
-                            "limit": self._limit,
-                            "note": "sqs:GetQueueAttributes is denied; assuming the limit",
+                            "error": str(exc.response.get("Error", {}).get("Code", "")),
+                            "limit": assumed,
+                            "note": "sqs:GetQueueAttributes is denied; assuming 256 KiB",
                         },
                     )
-                    answer = {}
+                    answer = {"Attributes": {"MaximumMessageSize": str(assumed)}}
                 attributes = answer.get("Attributes", {})
                 queue_limit = int(attributes.get("MaximumMessageSize", 0) or 0)
                 limits = [SQS_MAX_MESSAGE_BYTES, queue_limit or SQS_MAX_MESSAGE_BYTES]
@@ -303,6 +312,7 @@ class SqsQueue:
         """One SendMessageBatch of ``indices``; what fails for a server fault is sent again."""
         pending = indices
         failed: dict[int, SendFailure] = {}
+        uncertain: set[int] = set()  # a call that carried them failed as a whole
         for attempt in range(1, self.attempts + 1):
             if attempt > 1:
                 await self.retry.wait(attempt - 1)
@@ -317,6 +327,7 @@ class SqsQueue:
                 code, text = type(exc).__name__, str(exc)
                 for index in pending:
                     failed[index] = SendFailure(index, code, text, False)
+                uncertain.update(pending)
                 self._trouble(
                     CallTrouble(attempt, len(pending), len(pending), f"{code}: {text}", True)
                 )
@@ -342,7 +353,10 @@ class SqsQueue:
             pending = retry
             if not pending:
                 break
-        return [failed[i] for i in sorted(failed)]
+        return [
+            dataclasses.replace(failed[i], ambiguous=True) if i in uncertain else failed[i]
+            for i in sorted(failed)
+        ]
 
     def _trouble(self, trouble: CallTrouble) -> None:
         if self._on_trouble is not None:

@@ -22,6 +22,7 @@ from fanout.cli.loader import (
     load,
     report,
 )
+from fanout.observe import crash
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +64,17 @@ def _processes(text: str) -> int | str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns its exit code."""
+    """Run one command; returns its exit code.
+
+    Whatever it prints, and the traceback of an exception nobody caught, goes through the
+    log redactor (``fanout.observe.crash``).
+    """
+    crash.install()
+    with crash.redacted_output():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "schema":
@@ -134,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         anyio.run(check_streams, config)
         worker = Worker(config, group_size=args.group_size or 1)
         tune_gc()
-        code = anyio.run(worker.run)
+        code = anyio.run(crash.guarded, worker.run)
         worker.exit_deadline.cancel()
     finally:
         if reporter is not None:

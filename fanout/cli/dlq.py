@@ -11,8 +11,9 @@ A redrive is idempotent:
 * from a file, every delivered record's key (sink, stream ARN, shard, sequence number) is
   appended, fsynced, to ``<file>.redriven`` after its batch was delivered; later runs skip
   those keys (and a record dead-lettered twice is delivered once);
-* from SQS, a message is deleted once its record was delivered (and its overflow file
-  removed); messages that could not be delivered become visible again at the end.
+* from SQS, a message is deleted once its record was delivered (and its overflow file or
+  object removed); messages that could not be delivered become visible again at the end;
+* from S3, an entry's object is deleted once its record was delivered.
 
 A crash between a delivery and its bookkeeping can deliver that one batch again (at least
 once, never lost). Records that fail again stay in the destination, untouched.
@@ -58,9 +59,12 @@ from fanout.delivery.deadletter import (
 from fanout.errors import ConfigError, FanoutError
 
 if TYPE_CHECKING:
+    from fanout.delivery.deadletter.s3 import S3DeadLetter
     from fanout.delivery.deadletter.sqs import SqsDeadLetter
 
 log = logging.getLogger("fanout.dlqcli")
+
+_S3_SAMPLE = 1000  # objects an S3 inspect reads for error classes (it counts them all)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -70,13 +74,13 @@ def add_parser(subparsers: Any) -> None:
     inspect = sub.add_parser("inspect", help="summarise dead-lettered records per sink")
     add_config_option(inspect)
     inspect.add_argument("--sink", help="only this sink")
-    inspect.add_argument("--from", dest="source", choices=["file", "sqs"], help="destination")
+    inspect.add_argument("--from", dest="source", choices=["file", "sqs", "s3"], help="destination")
     inspect.add_argument("--path", help="dead-letter file (default: the sink's)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     redrive = sub.add_parser("redrive", help="deliver a sink's dead-lettered records again")
     add_config_option(redrive)
     redrive.add_argument("--sink", required=True, help="whose dead-lettered records")
-    redrive.add_argument("--from", dest="source", choices=["file", "sqs"], help="destination")
+    redrive.add_argument("--from", dest="source", choices=["file", "sqs", "s3"], help="destination")
     redrive.add_argument("--to", dest="target", help="deliver to this sink instead")
     redrive.add_argument("--path", help="dead-letter file (default: the sink's)")
     redrive.add_argument(
@@ -128,6 +132,12 @@ def destination(
         if not dl.queue_url and not dl.queue_name:
             raise ConfigError("--from", f"sink {sink!r} has no dead_letter.queue_url")
         return SqsDeadLetter.for_sink(config, sink, clients)
+    if kind == "s3":
+        from fanout.delivery.deadletter.s3 import S3DeadLetter
+
+        if not dl.bucket:
+            raise ConfigError("--from", f"sink {sink!r} has no dead_letter.bucket")
+        return S3DeadLetter.for_sink(config, sink, clients)
     return FileDeadLetter(Path(path) if path else config.dead_letter_path(sink), mode=dl.file_mode)
 
 
@@ -200,6 +210,23 @@ async def file_summary(sink: str, source: FileDeadLetter) -> Summary:
     return summary
 
 
+async def _s3_summary(sink: str, source: S3DeadLetter) -> Summary:
+    """Every object counted; error classes and times from the first ``_S3_SAMPLE`` read."""
+    summary = Summary(sink, source.location)
+    count = 0
+    sample: list[str] = []
+    async for keys in source.keys():
+        count += len(keys)
+        sample.extend(keys[: max(0, _S3_SAMPLE - len(sample))])
+    for letter in await source.letters(sample):
+        if letter.entry is not None and letter.entry.get("sink") == sink:
+            summary.add(letter.entry)
+    if count > len(sample):
+        summary.note = f"error classes and times from the oldest {len(sample)} of {count}"
+    summary.pending = count
+    return summary
+
+
 async def _sqs_summary(sink: str, source: SqsDeadLetter) -> Summary:
     summary = Summary(sink, source.location, approximate=True)
     total, hidden = await source.approximate_counts()
@@ -252,6 +279,11 @@ async def _summaries(
         source = destination(config, name, args.source, args.path, clients)
         if isinstance(source, FileDeadLetter):
             summaries.append(await file_summary(name, source))
+            continue
+        from fanout.delivery.deadletter.s3 import S3DeadLetter
+
+        if isinstance(source, S3DeadLetter):
+            summaries.append(await _s3_summary(name, source))
         else:
             from fanout.delivery.deadletter.sqs import SqsDeadLetter
 

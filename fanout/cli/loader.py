@@ -27,6 +27,7 @@ from fanout.config import (
     substitute,
 )
 from fanout.errors import ConfigError, FanoutError
+from fanout.observe import crash
 from fanout.sink import SinkType
 
 EXIT_OK = 0
@@ -106,6 +107,7 @@ def load(args: argparse.Namespace) -> tuple[Config, str]:
     except ConfigError as exc:
         raise CommandError(f"invalid configuration:\n{exc}", EXIT_CONFIG) from exc
     config.notes = notes
+    crash.register_config(config, path)  # nothing the command prints shows its secrets
     return config, path
 
 

@@ -2,7 +2,9 @@
 
 ``/healthz`` answers 200 whenever the event loop runs: a liveness probe that fails only when
 the process is wedged. ``/readyz`` answers 200 only while the worker is doing its job, and
-503 with the reasons as JSON otherwise:
+503 with the reasons as JSON otherwise: component names and short error codes
+(``AccessDeniedException``, ``timeout``, ...), never a provider's text, which can hold ARNs,
+account ids and more (the log line of the failure has it):
 
 * ``starting`` / ``stopping``: before the shard readers run, or once a shutdown began;
 * ``checkpoint_store``: the store did not answer a cheap query within ``_STORE_TIMEOUT_S``
@@ -17,6 +19,7 @@ the process is wedged. ``/readyz`` answers 200 only while the worker is doing it
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -92,6 +95,19 @@ _STORE_TIMEOUT_S = 2.0
 _DISCOVERY_SLACK_S = 60.0
 # The stream ARN used for the store probe: no such stream exists, so the query reads no rows.
 _PROBE_ARN = "fanout:readiness-probe"
+# An AWS-style error code in an error's text: ``AccessDeniedException``, ``ThrottlingException``,
+# ``ResourceNotFoundException``, ``ExpiredTokenException``, ``InternalServerError``...
+_CODE = re.compile(
+    r"\b([A-Z][A-Za-z0-9]*(?:Exception|Error|Denied|NotFound|Expired|Exceeded|Throttled|"
+    r"Unavailable|Timeout))\b"
+)
+
+
+def error_code(text: str, default: str) -> str:
+    """The first AWS-style error code in ``text``, else ``default``: what ``/readyz`` shows
+    instead of the text."""
+    found = _CODE.search(text)
+    return found.group(1) if found else default
 
 
 async def store_problem(worker: ReadinessView) -> str | None:
@@ -104,9 +120,9 @@ async def store_problem(worker: ReadinessView) -> str | None:
             else:
                 await store.load(_PROBE_ARN)
     except TimeoutError:
-        return f"no answer within {_STORE_TIMEOUT_S:g}s"
+        return "timeout"
     except FanoutError as exc:
-        return str(exc)
+        return error_code(str(exc), type(exc).__name__)
     return None
 
 
@@ -117,19 +133,21 @@ def stream_problems(worker: ReadinessView, now: float | None = None) -> dict[str
     not_ready = [w.name for w in worker.streams if not w.ready]
     if not_ready:
         problems["streams_not_ready"] = not_ready
-    unreachable = []
+    unreachable: list[dict[str, Any]] = []
     for w in worker.streams:
         if not w.ready:
             continue
         if w.discovery_error is not None:
-            unreachable.append({"stream": w.name, "error": w.discovery_error})
+            error = error_code(w.discovery_error, "discovery_failed")
+            unreachable.append({"stream": w.name, "error": error})
             continue
         overdue = 2 * w.discovery_interval + _DISCOVERY_SLACK_S
         if w.discovered_at is not None and now - w.discovered_at > overdue:
             unreachable.append(
                 {
                     "stream": w.name,
-                    "error": f"no successful discovery for {now - w.discovered_at:.0f}s",
+                    "error": "discovery_overdue",
+                    "seconds": round(now - w.discovered_at),
                 }
             )
     if unreachable:

@@ -95,7 +95,14 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # SigV4 Authorization header parts
     (re.compile(r"(?i)(Signature=)[0-9a-f]{16,}"), rf"\1{MASK}"),
     (re.compile(r"(?i)(Credential=)[^,\s\"']+"), rf"\1{MASK}"),
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), rf"\1 {MASK}"),
+    # (a credential has a capital, a digit or a sign in it: "Basic authentication" is prose)
+    (
+        re.compile(
+            r"\b([Bb]earer|[Bb]asic|BEARER|BASIC)\s+"
+            r"(?=[a-z._~-]*[A-Z0-9+/=])[A-Za-z0-9._~+/=-]{8,}"
+        ),
+        rf"\1 {MASK}",
+    ),
     (re.compile(r"(?i)(aws_secret_access_key\s*[=:]\s*)\S+"), rf"\1{MASK}"),
 )
 
@@ -274,8 +281,17 @@ def config_secrets(
         except OSError:
             text = ""
         found += [env[name] for name in _VAR.findall(text) if name in env]
-    found += [env[name] for name in _AWS_ENV if env.get(name)]
+    found += env_secrets(env)
     return found
+
+
+def env_secrets(env: Mapping[str, str] | None = None) -> list[str]:
+    """The AWS credentials of the environment, and every variable whose name looks secret
+    (``OPENSEARCH_PASSWORD``, ``*_TOKEN``...): sinks read some of them without the config
+    naming them. Values under 8 characters of the latter (``TOKEN_TTL=3600``, flags) are
+    not secrets worth garbling every line that holds them."""
+    env = os.environ if env is None else env
+    return [v for k, v in env.items() if v and (k in _AWS_ENV or (_secret_name(k) and len(v) >= 8))]
 
 
 def setup(
@@ -298,8 +314,9 @@ def setup(
         The installed handler.
     """
     REDACTOR.add(*secrets)
-    REDACTOR.add(*(os.environ[name] for name in _AWS_ENV if os.environ.get(name)))
-    handler = logging.StreamHandler(stream or sys.stderr)
+    REDACTOR.add(*env_secrets())
+    # Lines are redacted here: skip the redacting wrapper commands put around stderr.
+    handler = logging.StreamHandler(stream or getattr(sys.stderr, "wrapped", sys.stderr))
     handler.setFormatter(JsonFormatter(REDACTOR) if fmt == "json" else TextFormatter(REDACTOR))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -10,6 +10,7 @@ atomic between processes.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sqlite3
 import time
@@ -100,6 +101,24 @@ def _row(r: Sequence[Any]) -> Checkpoint:
     return Checkpoint(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], r[8])
 
 
+DB_MODE = 0o600
+"""Permissions of a checkpoint database this creates; SQLite gives its -wal and -shm files
+the database file's own."""
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 (whatever the umask) unless it exists: a database
+    SQLite creates itself gets 0644 less the umask, readable by every user of the host."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DB_MODE)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, DB_MODE)
+    finally:
+        os.close(fd)
+
+
 class SQLiteCheckpointStore:
     """Checkpoints and leases of one application in one SQLite file. Safe against
     ``kill -9`` at any moment.
@@ -146,6 +165,7 @@ class SQLiteCheckpointStore:
             try:
                 if self.path.parent != Path():
                     self.path.parent.mkdir(parents=True, exist_ok=True)
+                _create_private(self.path)
                 db = sqlite3.connect(
                     self.path,
                     check_same_thread=False,
@@ -261,6 +281,7 @@ class SQLiteCheckpointStore:
 
     def _probe(self) -> None:
         if self._probe_db is None:
+            _create_private(self.path)
             self._probe_db = sqlite3.connect(self.path, check_same_thread=False)
         self._probe_db.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
@@ -576,6 +597,7 @@ class SQLiteCheckpointStore:
     def heartbeat_sync(self, worker: WorkerRow) -> None:
         try:
             if self._beat_db is None:
+                _create_private(self.path)
                 self._beat_db = sqlite3.connect(
                     self.path,
                     check_same_thread=False,

@@ -7,6 +7,7 @@ from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
 
 from fanout.aws.sqs import (
+    SQS_ASSUMED_MESSAGE_BYTES,
     SQS_MAX_MESSAGE_BYTES,
     CallTrouble,
     Message,
@@ -178,15 +179,19 @@ class _Denied(FakeSqs):
 
 
 @pytest.mark.parametrize("code", ["AccessDenied", "AccessDeniedException"])
-async def test_a_denied_size_lookup_falls_back_to_the_sqs_limit_and_says_so(code, caplog):
+async def test_a_denied_size_lookup_assumes_256_kib_and_says_so(code, caplog):
     fake = _Denied(code)
     q = queue(fake)
-    assert await q.message_limit() == SQS_MAX_MESSAGE_BYTES
+    assert await q.message_limit() == SQS_ASSUMED_MESSAGE_BYTES == 262_144
     assert await q.send([Message("x")]) == []
+    # batches keep under the assumed limit too (a queue refuses a larger batch whole)
+    assert await q.send([Message("y" * 100_000) for _ in range(5)]) == []
+    assert max(sum(len(e["MessageBody"]) for e in call) for call in fake.calls) <= 262_144
     assert fake.lookups == 1  # not asked again
     (line,) = [r for r in caplog.records if r.getMessage() == "sqs_queue_size_unknown"]
     assert line.levelname == "WARNING"
-    assert line.__dict__["limit"] == SQS_MAX_MESSAGE_BYTES
+    assert line.__dict__["limit"] == SQS_ASSUMED_MESSAGE_BYTES
+    assert "not authorized" not in line.__dict__["error"]  # the code, not the provider's text
     assert await queue(_Denied(code), max_message_bytes=4096).message_limit() == 4096
 
 

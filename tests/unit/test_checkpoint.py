@@ -128,3 +128,20 @@ def test_kill_during_write_leaves_the_previous_checkpoint(tmp_path):
     assert other.execute("SELECT sequence_number FROM checkpoints").fetchone() == ("100",)
     db.close()
     other.close()
+
+
+async def test_the_database_and_its_wal_and_shm_are_readable_by_the_worker_only(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)  # the usual umask: SQLite alone would create them 0644
+    try:
+        store = SQLiteCheckpointStore(tmp_path / "cp.db")
+        await store.open()
+        await store.save([CheckpointRow(ARN, "a", "100", False)])
+        files = sorted(p.name for p in tmp_path.iterdir())
+        assert files == ["cp.db", "cp.db-shm", "cp.db-wal"]
+        assert {stat.S_IMODE((tmp_path / f).stat().st_mode) for f in files} == {0o600}
+        await store.aclose()
+    finally:
+        os.umask(old)

@@ -3,18 +3,23 @@
 Entries are sent with ``fanout.aws.sqs.SqsQueue`` (SendMessageBatch: at most 10 a call and at
 most the queue's maximum message size, its ``MaximumMessageSize`` attribute, 1 MiB at most,
 for a message and for the sum of a batch). An entry whose JSON is larger than that, or that
-SQS refuses as a sender fault (e.g. characters SQS does not accept), is written whole to a
-file in ``overflow_dir`` (fsynced) and a small pointer message names that file; nothing is
-ever truncated. Entries a batch call reports as failed for a server fault are retried alone,
+SQS refuses as a sender fault (e.g. characters SQS does not accept), is stored whole as an
+overflow (``fanout.delivery.deadletter.overflow``: a file in ``overflow_dir``, fsynced and
+mode 0600, or with ``overflow: {type: s3}`` an S3 object every reader of the queue can
+fetch) and a small pointer message names it; nothing is ever truncated. An overflow is
+content-addressed, so a write retried during an outage stores it once; when a write finally
+fails for an entry (SQS answered that it did not store its message) its overflow is removed.
+Entries a batch call reports as failed for a server fault are retried alone,
 a few times with backoff; what still fails raises ``DeadLetterError``
 (``PartialDeadLetterError`` when others were stored), so the records stay unsettled.
 
 Message bodies are the entry's JSON (``fanout.dlq.entry``). A pointer message is the entry
-without its ``record`` plus ``{"fanout_overflow": {"path", "bytes", "sha256"}}``;
-``load_body`` turns either back into the whole entry.
+without its ``record`` plus ``{"fanout_overflow": {"path" | "uri", "bucket", "key", "bytes",
+"sha256", "reason"}}``; ``SqsDeadLetter.load`` turns either back into the whole entry
+(``load_body`` too, for overflow files).
 
 Reading (``fanout dlq``): ``read`` receives messages (hidden from other readers meanwhile),
-``acknowledge`` deletes a message and its overflow file, ``release`` makes it visible again.
+``acknowledge`` deletes a message and its overflow, ``release`` makes it visible again.
 The SQS client is the process's shared one (``AwsClients``), for the worker and the CLI alike.
 """
 
@@ -22,15 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
 import orjson
 
 from fanout.aws.sqs import (
@@ -43,6 +45,7 @@ from fanout.aws.sqs import (
     queue_region,
 )
 from fanout.delivery.deadletter.base import Entry, Letter, PartialDeadLetterError, entry_key
+from fanout.delivery.deadletter.overflow import FileOverflow, Overflow, Pointer, S3Overflow
 from fanout.errors import DeadLetterError
 from fanout.retry import RetryPolicy
 
@@ -72,16 +75,8 @@ def overflow_dir(config: Config) -> Path:
     return Path(config.settings.checkpoints.path).parent / "dlq-overflow"
 
 
-def load_body(body: str | bytes) -> tuple[Entry, Path | None]:
-    """The whole entry a message holds, reading the overflow file of a pointer message.
-
-    Returns:
-        ``(entry, overflow_path)``; the path is None for an entry sent inline.
-
-    Raises:
-        DeadLetterError: the body is not an entry, or its overflow file is missing or does not
-            match the checksum in the pointer.
-    """
+def _parse(body: str | bytes) -> tuple[Entry, Pointer | None]:
+    """A message body's entry, and its overflow pointer (None for an entry sent inline)."""
     try:
         item = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -89,19 +84,45 @@ def load_body(body: str | bytes) -> tuple[Entry, Path | None]:
     if not isinstance(item, dict):
         raise DeadLetterError("message body is not a dead-letter entry")
     pointer = item.get(OVERFLOW_KEY)
+    if pointer is not None and not isinstance(pointer, dict):
+        raise DeadLetterError("message body has a malformed overflow pointer")
+    return item, pointer
+
+
+def _whole(data: bytes, pointer: Pointer, where: str) -> Entry:
+    if hashlib.sha256(data).hexdigest() != pointer.get("sha256"):
+        raise DeadLetterError(f"overflow {where} does not match its checksum")
+    try:
+        whole = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise DeadLetterError(f"overflow {where} is not JSON: {exc}") from exc
+    if not isinstance(whole, dict):
+        raise DeadLetterError(f"overflow {where} does not hold an entry")
+    return whole
+
+
+def load_body(body: str | bytes) -> tuple[Entry, Path | None]:
+    """The whole entry a message holds, reading the overflow file of a pointer message
+    (``SqsDeadLetter.load`` reads S3 overflows too).
+
+    Returns:
+        ``(entry, overflow_path)``; the path is None for an entry sent inline.
+
+    Raises:
+        DeadLetterError: the body is not an entry, or its overflow file is missing or does not
+            match the checksum in the pointer, or it is in S3.
+    """
+    item, pointer = _parse(body)
     if pointer is None:
         return item, None
+    if "path" not in pointer:
+        raise DeadLetterError(f"overflow {pointer.get('uri')} is not a file")
     path = Path(pointer["path"])
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DeadLetterError(f"overflow file {path}: {exc}") from exc
-    if hashlib.sha256(data).hexdigest() != pointer.get("sha256"):
-        raise DeadLetterError(f"overflow file {path} does not match its checksum")
-    whole = orjson.loads(data)
-    if not isinstance(whole, dict):
-        raise DeadLetterError(f"overflow file {path} does not hold an entry")
-    return whole, path
+    return _whole(data, pointer, f"file {path}"), path
 
 
 class SqsDeadLetter:
@@ -112,7 +133,8 @@ class SqsDeadLetter:
         clients: the process's AWS clients (the SQS client comes from there).
         region: its region (default: from the environment).
         endpoint_url: another endpoint, e.g. a local emulator.
-        overflow_dir: where entries too large for a message are written.
+        overflow_dir: where entries too large for a message are written (as files).
+        overflow: where they are written instead (e.g. ``S3Overflow``).
         max_message_bytes: a lower message size limit than the queue's.
         attempts: SendMessageBatch calls per entry before ``write`` gives up.
         backoff: the delay between those calls.
@@ -127,6 +149,7 @@ class SqsDeadLetter:
         region: str | None = None,
         endpoint_url: str | None = None,
         overflow_dir: str | Path,
+        overflow: Overflow | None = None,
         max_message_bytes: int | None = None,
         attempts: int = 4,
         backoff: RetryPolicy | None = None,
@@ -141,6 +164,7 @@ class SqsDeadLetter:
         self.region = region
         self.endpoint_url = endpoint_url
         self.overflow_dir = Path(overflow_dir)
+        self.overflow: Overflow = overflow or FileOverflow(self.overflow_dir)
         self.name = f"sqs:{given}"
         self.fifo = given.endswith(".fifo")
         self.attempts = max(1, attempts)
@@ -155,13 +179,18 @@ class SqsDeadLetter:
         dl = config.sinks[sink].dead_letter
         if not dl.queue_url and not dl.queue_name:
             raise DeadLetterError(f"sink {sink!r} has no dead_letter.queue_url")
+        region = dl.region or (queue_region(dl.queue_url) if dl.queue_url else None)
+        overflow: Overflow | None = None
+        if dl.overflow.type == "s3":
+            overflow = S3Overflow.from_config(dl.overflow, clients, region)
         return cls(
             dl.queue_url,
             queue_name=dl.queue_name,
             clients=clients,
-            region=dl.region or (queue_region(dl.queue_url) if dl.queue_url else None),
+            region=region,
             endpoint_url=dl.endpoint_url,
             overflow_dir=overflow_dir(config),
+            overflow=overflow,
         )
 
     @property
@@ -228,11 +257,18 @@ class SqsDeadLetter:
             return
         queue = await self._open()
         bodies: list[bytes] = []
-        for item in entries:
-            body = orjson.dumps(item)
-            if len(body) > queue.limit:
-                body = await self._overflow(item, body, "larger than the message size limit")
-            bodies.append(body)
+        pointers: dict[int, Pointer] = {}  # entries sent by pointer: their overflow
+        try:
+            for index, item in enumerate(entries):
+                body = orjson.dumps(item)
+                if len(body) > queue.limit:
+                    pointers[index], body = await self._overflow(
+                        item, body, "larger than the message size limit"
+                    )
+                bodies.append(body)
+        except DeadLetterError:
+            await self._forget(pointers.values())
+            raise
         failures = await queue.send(
             [self._message(e, b) for e, b in zip(entries, bodies, strict=True)]
         )
@@ -241,18 +277,32 @@ class SqsDeadLetter:
         if refused:
             # The messages themselves were refused (size, characters): keep those entries
             # whole in files and send pointers instead.
-            pointers: list[Message] = []
+            resend: list[Message] = []
             for failure in refused:
                 item = entries[failure.index]
-                body = await self._overflow(item, orjson.dumps(item), str(failure))
-                pointers.append(self._message(item, body))
+                try:
+                    pointers[failure.index], body = await self._overflow(
+                        item, orjson.dumps(item), f"{failure.code}: refused by SQS"
+                    )
+                except DeadLetterError:
+                    await self._forget(p for i, p in pointers.items() if i in unsent)
+                    raise
+                resend.append(self._message(item, body))
             for failure in refused:
                 del unsent[failure.index]
-            for again in await queue.send(pointers):
+            for again in await queue.send(resend):
                 index = refused[again.index].index
-                unsent[index] = SendFailure(index, again.code, again.message, again.sender_fault)
+                unsent[index] = SendFailure(
+                    index, again.code, again.message, again.sender_fault, again.ambiguous
+                )
         if not unsent:
             return
+        # Overflows of messages SQS said it did not store are not needed: a retry stores
+        # them again (once), a record that goes elsewhere leaves none behind. Those of a call
+        # that failed as a whole stay: SQS may have stored their pointers all the same.
+        await self._forget(
+            pointers[i] for i, failure in unsent.items() if i in pointers and not failure.ambiguous
+        )
         last = unsent[max(unsent)]
         message = (
             f"dead-letter queue {self.queue_url}: {len(unsent)} of {len(entries)} entries "
@@ -315,11 +365,11 @@ class SqsDeadLetter:
             for message in fresh:
                 seen.add(message["MessageId"])
                 try:
-                    item, overflow = load_body(message["Body"])
+                    item, pointer = await self.load(message["Body"])
                 except DeadLetterError as exc:
                     letters.append(Letter(None, str(exc), handle=_Received(message, None)))
                     continue
-                letters.append(Letter(item, handle=_Received(message, overflow)))
+                letters.append(Letter(item, handle=_Received(message, pointer)))
             yield letters
 
     async def acknowledge(self, letters: list[Letter], *, target: str = "") -> None:
@@ -332,9 +382,11 @@ class SqsDeadLetter:
             failed = await queue.delete([r.receipt_handle for r in received])
         except TRANSPORT_ERRORS as exc:
             raise DeadLetterError(f"dead-letter queue {self.queue_url}: {exc}") from exc
-        for position, r in enumerate(received):
-            if position not in failed and r.overflow is not None:
-                r.overflow.unlink(missing_ok=True)
+        await self._forget(
+            r.overflow
+            for position, r in enumerate(received)
+            if position not in failed and r.overflow is not None
+        )
         if failed:
             log.warning(
                 "dead_letter_delete_failed", extra={"queue": self.queue_url, "failed": len(failed)}
@@ -385,42 +437,15 @@ class SqsDeadLetter:
 
     # -- overflow -----------------------------------------------------------------------------
 
-    def _store(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.rename(path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    async def _overflow(self, item: Entry, data: bytes, why: str) -> bytes:
-        """Write the whole entry to a file; return the pointer message's body."""
-        name = (
-            f"{_safe(item.get('sink'))}-{_safe(item.get('shard_id'))}-"
-            f"{_safe(item.get('sequence_number'))}-{uuid.uuid4().hex[:12]}.json"
-        )
-        path = (self.overflow_dir / name).resolve()
-        try:
-            await anyio.to_thread.run_sync(self._store, path, data)
-        except OSError as exc:
-            raise DeadLetterError(f"dead-letter overflow file {path}: {exc}") from exc
+    async def _overflow(self, item: Entry, data: bytes, why: str) -> tuple[Pointer, bytes]:
+        """Store the whole entry as an overflow; its pointer and the pointer message's body."""
+        stored = await self.overflow.put(str(item.get("sink")), data)
         pointer = {k: v for k, v in item.items() if k != "record"}
         error = pointer.get("error")
         if isinstance(error, dict) and len(str(error.get("message", ""))) > _POINTER_TEXT_LIMIT:
             text = str(error["message"])[:_POINTER_TEXT_LIMIT]
-            pointer["error"] = {**error, "message": text + " ... (whole in the overflow file)"}
-        pointer[OVERFLOW_KEY] = {
-            "path": str(path),
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "reason": why,
-        }
+            pointer["error"] = {**error, "message": text + " ... (whole in the overflow)"}
+        pointer[OVERFLOW_KEY] = {**stored, "reason": why}
         body = orjson.dumps(pointer)
         if len(body) > self.limit:  # keep only what identifies the record
             keys = ("sink", "stream_arn", "shard_id", "sequence_number", OVERFLOW_KEY)
@@ -433,11 +458,54 @@ class SqsDeadLetter:
                 "shard": item.get("shard_id"),
                 "seq": item.get("sequence_number"),
                 "bytes": len(data),
-                "path": str(path),
+                "overflow": stored.get("uri") or stored.get("path"),
                 "reason": why,
             },
         )
-        return body
+        return stored, body
+
+    async def load(self, body: str | bytes) -> tuple[Entry, Pointer | None]:
+        """The whole entry a message holds (reading its overflow file or object) and its
+        overflow pointer (None for an entry sent inline).
+
+        Raises:
+            DeadLetterError: the body is not an entry, or its overflow is missing or does not
+                match the checksum in the pointer.
+        """
+        item, pointer = _parse(body)
+        if pointer is None:
+            return item, None
+        if "path" in pointer:
+            return load_body(body)[0], pointer
+        if not isinstance(pointer.get("bucket"), str) or not isinstance(pointer.get("key"), str):
+            raise DeadLetterError("message body has a malformed overflow pointer")
+        data = await self._s3_overflow(pointer).load(pointer)
+        return _whole(data, pointer, str(pointer.get("uri"))), pointer
+
+    def _s3_overflow(self, pointer: Pointer) -> S3Overflow:
+        """The overflow store of the bucket ``pointer`` names (this queue's, or another)."""
+        if isinstance(self.overflow, S3Overflow) and self.overflow.store.bucket == pointer.get(
+            "bucket"
+        ):
+            return self.overflow
+        from fanout.delivery.deadletter.s3 import S3Bucket
+
+        return S3Overflow(S3Bucket(str(pointer["bucket"]), clients=self.clients), "")
+
+    async def _forget(self, pointers: Iterable[Pointer]) -> None:
+        """Remove overflows no message points at (never raises)."""
+        for pointer in list(pointers):
+            if "path" in pointer:
+                await FileOverflow(self.overflow_dir).remove(pointer)
+            else:
+                await self._s3_overflow(pointer).remove(pointer)
+            log.info(
+                "dead_letter_overflow_removed",
+                extra={
+                    "queue": self.queue_url,
+                    "overflow": pointer.get("uri", pointer.get("path")),
+                },
+            )
 
 
 class _Received:
@@ -445,7 +513,7 @@ class _Received:
 
     __slots__ = ("overflow", "receipt_handle")
 
-    def __init__(self, message: dict[str, Any], overflow: Path | None) -> None:
+    def __init__(self, message: dict[str, Any], overflow: Pointer | None) -> None:
         self.receipt_handle: str = message["ReceiptHandle"]
         self.overflow = overflow
 
