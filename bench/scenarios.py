@@ -59,6 +59,14 @@ FILTERED_SINKS: dict[str, dict[str, Any]] = {
 }
 
 
+# The same three sinks as Lambda handlers (bench/handlers.py) at their default settings, as
+# a user who moves stream handlers from Lambda runs them: two filtered, one taking everything.
+HANDLER_SINKS: dict[str, dict[str, Any]] = {
+    "search": {**FILTERED_SINKS["search"], "type": "handler", "handler": "bench.handlers:search"},
+    "notify": {**FILTERED_SINKS["notify"], "type": "handler", "handler": "bench.handlers:notify"},
+    "audit": {"type": "handler", "handler": "bench.handlers:audit"},
+}
+
 # The same three sinks with no filters: the filters' cost is the difference.
 UNFILTERED_SINKS: dict[str, dict[str, Any]] = {
     name: {"type": COUNT_TYPE} for name in FILTERED_SINKS
@@ -73,7 +81,13 @@ class Options:
     quick: bool = False
     throughput_shards: tuple[int, ...] = (4, 64)
     throughput_records: int = 256_000  # per shard count, spread over the shards
-    consumers: tuple[str, ...] = ("fanout", "fanout-unfiltered", "floor", "aiobotocore")
+    consumers: tuple[str, ...] = (
+        "fanout",
+        "fanout-handlers",
+        "fanout-unfiltered",
+        "floor",
+        "aiobotocore",
+    )
     # fanout with this many worker processes (sharing the shards through the SQLite store's
     # leases, as `fanout run --processes N`), beside one process, on the largest shard count
     throughput_processes: tuple[int, ...] = (2,)
@@ -189,6 +203,8 @@ def _throughput_consumers(opts: Options) -> list[_Consumer]:
                 )
         elif name == "fanout-unfiltered":
             consumers.append(_Consumer(name, "fanout", UNFILTERED_SINKS))
+        elif name == "fanout-handlers":
+            consumers.append(_Consumer(name, "fanout", HANDLER_SINKS))
         else:
             consumers.append(_Consumer(name, name))
     if "fanout" in names:
@@ -308,6 +324,14 @@ def throughput(opts: Options) -> dict[str, Any]:
             base = by.get((other, shards))
             if base and base["records_per_s"]:
                 entry[f"vs_{other}"] = fan["records_per_s"] / base["records_per_s"]
+        handlers = by.get(("fanout-handlers", shards))
+        floor = by.get(("floor", shards))
+        if handlers and floor and floor["records_per_s"] and floor["cpu_s_per_million"]:
+            # the default configuration a Lambda user runs, against the floor
+            entry["handlers_vs_floor"] = handlers["records_per_s"] / floor["records_per_s"]
+            entry["handlers_cpu_vs_floor"] = (
+                handlers["cpu_s_per_million"] / floor["cpu_s_per_million"]
+            )
         bare = by.get(("fanout-unfiltered", shards))
         if bare and bare["cpu_s_per_million"]:
             # CPU per record with three filtered sinks over the same run without filters.

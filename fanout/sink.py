@@ -122,6 +122,11 @@ class Sink(Protocol):
         ordered: when True, a failed record holds back every later record of its batch
             (they are retried together, as Lambda does with ``batchItemFailures``); when
             False only the failed records are retried.
+
+    A sink must not change the records it is given: other sinks receive the same objects.
+    A sink that may (one that hands them to user code, as the ``handler`` sink does) says so
+    with a true ``mutates_records`` attribute; it then receives records of its own, and a
+    retry or the dead-letter destination gets them as they were read.
     """
 
     name: str

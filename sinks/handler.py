@@ -129,8 +129,10 @@ class HandlerSinkConfig(SinkConfig):
     )
     copy_event: bool = Field(
         True,
-        description="Give the handler its own copy of the records, so a handler that "
-        "changes its event cannot change what other sinks receive.",
+        description="Give the handler records of its own, so a handler that changes its "
+        "event cannot change what other sinks, its retries or its dead-letter entries "
+        "receive. Records only this sink receives are not copied; off: the handler shares "
+        "the records with other sinks and must not change them.",
     )
 
     @property
@@ -169,6 +171,10 @@ class HandlerSink:
         self._is_async = False
         self._threads: Offload | None = None
         self._pool: ProcessPool | None = None
+        # A handler in this process may change its event: it gets records of its own
+        # (``fanout.delivery.private``), unless copy_event is off. One in worker processes
+        # gets them serialized, which is a copy.
+        self.mutates_records = config.copy_event and config.isolation == "thread"
 
     @property
     def pool(self) -> ProcessPool | None:
@@ -205,7 +211,10 @@ class HandlerSink:
             self._threads = Offload(config.concurrency, f"fanout-handler-{self.name}")
 
     async def send(self, batch: Sequence[Record]) -> Failures:
-        return batch_item_failures(await self._invoke(batch, None), batch)
+        # What the answer's itemIdentifiers are matched against is read before the call:
+        # the handler may change its records.
+        sequence_numbers = _sequence_numbers(batch)
+        return failed_from(await self._invoke(batch, None), sequence_numbers)
 
     async def send_window(
         self, batch: Sequence[Record], window: Mapping[str, Any]
@@ -219,13 +228,14 @@ class HandlerSink:
             InvalidResponse: the response has no ``state`` object (Lambda counts that as a
                 failed call).
         """
+        sequence_numbers = _sequence_numbers(batch)
         result = await self._invoke(batch, window)
         state = result.get("state") if isinstance(result, dict) else None
         if not isinstance(state, dict):
             raise InvalidResponse(
                 f'a tumbling_window handler must return {{"state": {{...}}}}; got {_clip(result)}'
             )
-        return batch_item_failures(result, batch), state
+        return failed_from(result, sequence_numbers), state
 
     async def _invoke(self, batch: Sequence[Record], window: Mapping[str, Any] | None) -> Any:
         if self._pool is not None:
@@ -233,9 +243,9 @@ class HandlerSink:
             return result
         fn = self._fn
         assert fn is not None, "send() before start()"
-        # An orjson round trip is a deep copy at a fraction of copy.deepcopy's cost.
-        records = orjson.loads(orjson.dumps(batch)) if self.config.copy_event else list(batch)
-        event: dict[str, Any] = {"Records": records}
+        # The records are this sink's own when it may change them (``mutates_records``):
+        # the handler gets them as they are, in a list of its own.
+        event: dict[str, Any] = {"Records": list(batch)}
         if window is not None:  # the handler gets its own copy of the state too
             event.update(orjson.loads(orjson.dumps(window)))
         context = self._context(batch)
@@ -323,8 +333,20 @@ def _region(batch: Sequence[Record]) -> str:
     return str(batch[0].get("awsRegion", "us-east-1")) if batch else "us-east-1"
 
 
+def _sequence_numbers(batch: Sequence[Record]) -> list[str]:
+    return [record["dynamodb"]["SequenceNumber"] for record in batch]
+
+
 def batch_item_failures(result: Any, batch: Sequence[Record]) -> Failures:
+    """Lambda's partial batch response for ``batch``: see ``failed_from``."""
+    return failed_from(result, _sequence_numbers(batch))
+
+
+def failed_from(result: Any, sequence_numbers: Sequence[str]) -> Failures:
     """Lambda's partial batch response: records from the lowest failed one on are retried.
+
+    ``sequence_numbers`` are those of the batch's records, in order (read before the call:
+    the handler may have changed its records).
 
     A response that is not a mapping, or has no (or an empty) ``batchItemFailures``, means
     every record was delivered.
@@ -342,8 +364,8 @@ def batch_item_failures(result: Any, batch: Sequence[Record]) -> Failures:
         raise InvalidResponse(
             f"batchItemFailures is a {type(items).__name__}, not a list: {_clip(items)}"
         )
-    index = {r["dynamodb"]["SequenceNumber"]: i for i, r in enumerate(batch)}
-    lowest = len(batch)
+    index = {seq: i for i, seq in enumerate(sequence_numbers)}
+    lowest = len(sequence_numbers)
     for item in items:
         ident = item.get("itemIdentifier") if isinstance(item, dict) else None
         position = index.get(ident) if isinstance(ident, str) else None
@@ -352,9 +374,8 @@ def batch_item_failures(result: Any, batch: Sequence[Record]) -> Failures:
                 f"batchItemFailures names an unknown itemIdentifier: {_clip(item)}"
             )
         lowest = min(lowest, position)
-    failed = batch[lowest]["dynamodb"]["SequenceNumber"]
-    reason = f"handler reported batchItemFailures from {failed}"
-    return {i: Failure(True, reason) for i in range(lowest, len(batch))}
+    reason = f"handler reported batchItemFailures from {sequence_numbers[lowest]}"
+    return {i: Failure(True, reason) for i in range(lowest, len(sequence_numbers))}
 
 
 def _clip(value: Any, limit: int = 120) -> str:

@@ -329,12 +329,12 @@ class _Collector:
     name = "redrive"
 
     def __init__(self) -> None:
-        self.records: set[int] = set()
+        self.records: set[tuple[str, object]] = set()
         self.errors: list[str] = []
 
     async def write(self, entries: list[Entry]) -> None:
         for item in entries:
-            self.records.add(id(item["record"]))
+            self.records.add(_given_up(str(item.get("shard_id")), item["record"]))
             self.errors.append(f"{item['sequence_number']}: {item['error']['message']}")
 
     async def aclose(self) -> None:
@@ -398,7 +398,18 @@ class Redriver:
             lane = Lane(route, ShardProgress(stream, arn, shard, None))
             for start in range(0, len(group), size):
                 await lane.deliver([item["record"] for item in group[start : start + size]])
-        return [id(item["record"]) not in self.collector.records for item in items]
+        given_up = self.collector.records
+        return [
+            _given_up(str(item.get("shard_id")), item["record"]) not in given_up for item in items
+        ]
+
+
+def _given_up(shard: str, record: Any) -> tuple[str, object]:
+    """What identifies a redriven record among those given up on: its shard and sequence
+    number (a sink that changes its records is retried, and gives up, on copies of them)."""
+    dynamodb = record.get("dynamodb") if isinstance(record, dict) else None
+    seq = dynamodb.get("SequenceNumber") if isinstance(dynamodb, dict) else None
+    return shard, seq if isinstance(seq, str) else id(record)
 
 
 async def _redrive(config: Config, args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 from fanout.delivery.giveup import DeadLetterWriter
 from fanout.delivery.lane import AnyLane, close_all, open_lane, run_all
+from fanout.delivery.private import private_parts
 from fanout.delivery.route import Route
 from fanout.delivery.telemetry import LaneTelemetry
 from fanout.delivery.windows import WindowLane
@@ -84,6 +85,9 @@ class ShardDispatch:
             self.windows.append(lane)
             self.lanes.append(lane)
         stream = progress.stream_name
+        private = [route.private for route in routes]
+        # which routes need records of their own (empty: no route changes records)
+        self._private = private if any(private) else []
         self._filtered = [
             metrics.sink_records.labels(stream, route.name, "filtered") for route in routes
         ]
@@ -100,14 +104,19 @@ class ShardDispatch:
         ticket = self.progress.open(last_seq, weight)
         if not _all_well_formed(records):
             records = await self._set_aside_malformed(records)
-        for route, lane, filtered in zip(self.routes, self.lanes, self._filtered, strict=True):
+        parts: list[list[Record]] = []
+        for route, filtered in zip(self.routes, self._filtered, strict=True):
             predicate = route.predicate
             matched = records if predicate is None else [r for r in records if predicate(r)]
             if len(matched) != len(records):
                 filtered.inc(len(records) - len(matched))
-            if matched:
-                ticket.pending += len(matched)
-                await lane.put(ticket, matched)
+            parts.append(matched)
+        if self._private:
+            parts = private_parts(parts, self._private)
+        for lane, part in zip(self.lanes, parts, strict=True):
+            if part:
+                ticket.pending += len(part)
+                await lane.put(ticket, part)
         ticket.settle(1)  # release the reader's hold
 
     async def _set_aside_malformed(self, records: list[Record]) -> list[Record]:

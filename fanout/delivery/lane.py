@@ -20,15 +20,17 @@ from collections import deque
 from collections.abc import Sequence
 
 import anyio
+import orjson
 
 from fanout.delivery.gate import retry_after
 from fanout.delivery.giveup import DeadLetterWriter
+from fanout.delivery.private import copy_records
 from fanout.delivery.recovery import Recovery, SinkHealth
 from fanout.delivery.route import Route
 from fanout.delivery.telemetry import LaneTelemetry
 from fanout.isolation import contained, own_cancellation
 from fanout.progress.tracker import ShardProgress, Ticket
-from fanout.records import Record, item_key
+from fanout.records import Record, approximate_creation_time, item_key
 from fanout.sink import Failures
 
 
@@ -198,8 +200,14 @@ class Lane:
 
     async def deliver(self, batch: list[Record]) -> None:
         """Return once every record of ``batch`` is delivered or dead-lettered."""
+        route = self.route
+        # A sink that may change its records (``route.private``) changes only its own
+        # (``fanout.delivery.private``); what a retry or a dead-letter entry needs is the
+        # batch as it was, kept as bytes until the first send succeeded.
+        pristine = orjson.dumps(batch) if route.private else None
+        created = approximate_creation_time(batch[0])
         # The hot path: one call (straight to the sink while its gate is idle), no failures.
-        if self.route.gate.idle:
+        if route.gate.idle:
             failures, exc = await self._call(batch)
         else:
             failures, exc = await self.attempt(batch)
@@ -207,17 +215,27 @@ class Lane:
             health = self.health
             if health.strikes:
                 health.works()
-            self.telemetry.count_delivered(len(batch), batch[0])
+            self.telemetry.count_delivered(len(batch), created)
             return
+        send = self.attempt
+        if pristine is not None:
+            batch = orjson.loads(pristine)
+            send = self._attempt_on_copy
         recovery = Recovery(
             batch,
-            route=self.route,
-            send=self.attempt,
+            route=route,
+            send=send,
             health=self.health,
             telemetry=self.telemetry,
             give_ups=self.give_ups,
         )
         await recovery.run(failures, exc)
+
+    async def _attempt_on_copy(
+        self, batch: Sequence[Record]
+    ) -> tuple[Failures, BaseException | None]:
+        # Each retry of a sink that changes its records gets them as they were read.
+        return await self.attempt(copy_records(batch))
 
     @property
     def sink_down(self) -> bool:

@@ -252,7 +252,9 @@ class Recovery:
         if not failures:
             state.progress = True
             self._health.works()
-            self._telemetry.count_delivered(len(piece), self.batch[piece[0]])
+            self._telemetry.count_delivered(
+                len(piece), approximate_creation_time(self.batch[piece[0]])
+            )
             return
         state.asked(retry_after(failures))
         healthy = len(failures) < len(piece) or any(not f.retryable for f in failures.values())
@@ -331,7 +333,9 @@ class Recovery:
                 state.give_ups.append((i, RETRYABLE_FAILURE, f"{failure.reason} ({why})"))
             else:
                 keep.append(i)
-        self._telemetry.count_delivered(len(piece) - len(failures), self.batch[piece[0]])
+        self._telemetry.count_delivered(
+            len(piece) - len(failures), approximate_creation_time(self.batch[piece[0]])
+        )
         if keep:
             self._pending.append(keep)
 
@@ -349,7 +353,7 @@ class Recovery:
             failure = failures[position]
             if not failure.retryable:
                 state.give_ups.append((piece[position], PERMANENT_FAILURE, failure.reason))
-        sample = self.batch[piece[0]]
+        sample = approximate_creation_time(self.batch[piece[0]])
         if first is None:  # only permanent failures: everything else was delivered
             self._telemetry.count_delivered(len(piece) - len(failures), sample)
             return None

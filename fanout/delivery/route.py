@@ -29,6 +29,9 @@ class Route:
         metrics: the metric families.
         gate: every call to the sink goes through it (``max_in_flight``, ``retry_after``);
             by default a new gate with the config's ``max_in_flight``.
+        private: the sink may change the records it is given (``mutates_records``, e.g. a
+            Lambda handler): it gets records no other sink sees (``fanout.delivery.private``),
+            and its lanes keep pristine copies for retries and the dead-letter destination.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class Route:
         self.backoff = backoff
         self.metrics = metrics
         self.gate = gate if gate is not None else SinkGate(config.max_in_flight)
+        self.private = bool(getattr(sink, "mutates_records", False))
 
     def __repr__(self) -> str:
         return f"Route({self.name!r})"

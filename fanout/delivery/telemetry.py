@@ -7,7 +7,6 @@ from typing import Any
 
 from fanout.delivery.route import Route
 from fanout.progress.tracker import ShardProgress
-from fanout.records import Record, approximate_creation_time
 
 
 class LaneTelemetry:
@@ -47,12 +46,12 @@ class LaneTelemetry:
         self.dlq_writes = m.dlq_writes.labels(sink)
         self.dlq_failures = m.dlq_failures.labels(sink)
 
-    def count_delivered(self, count: int, sample: Record) -> None:
-        """``count`` records were delivered; ``sample`` (one of them) gives the lag."""
+    def count_delivered(self, count: int, created: float | None) -> None:
+        """``count`` records were delivered; ``created`` (the approximate creation time of
+        one of them, read before the send) gives the lag."""
         if count <= 0:
             return
         self.delivered.inc(count)
-        created = approximate_creation_time(sample)
         if created is not None:
             self.lag.observe(max(0.0, time.time() - created))
 

@@ -204,6 +204,8 @@ class WindowLane(Lane):
 
     async def _call(self, batch: Sequence[Record]) -> tuple[Failures, BaseException | None]:
         route = self.route
+        # read before the call: a handler may change its records (``route.private``)
+        sequence_numbers = [record["dynamodb"]["SequenceNumber"] for record in batch]
         started = time.perf_counter()
         try:
             failures, state = await self._windowed.send_window(batch, self._event())
@@ -231,7 +233,7 @@ class WindowLane(Lane):
         self.state = state
         delivered = min(failures) if failures else len(batch)
         if delivered:
-            self.covered = batch[delivered - 1]["dynamodb"]["SequenceNumber"]
+            self.covered = sequence_numbers[delivered - 1]
         return failures, None
 
     async def _close(self, *, early: bool) -> None:

@@ -390,13 +390,17 @@ async def concurrent_sends(target: ContractTarget) -> None:
 
 async def records_not_mutated(target: ContractTarget) -> None:
     """send() leaves the records it is given exactly as they were (other sinks get the
-    same objects)."""
+    same objects), unless the sink says it may change them (``mutates_records``: the
+    worker then gives it records of its own)."""
     tag = uuid.uuid4().hex[:12]
     batch = make_records(target.batch_size, tag=tag)
     if target.poison is not None:
         batch[0] = target.poison(batch[0])
     before = copy.deepcopy(batch)
     run = await _Run.build(target, target.options, check=True)
+    if getattr(run.sink, "mutates_records", False):
+        await run.aclose()
+        raise NotApplicable("the sink says it may change its records (mutates_records)")
     try:
         try:
             await run.sink.start()

@@ -10,7 +10,7 @@ ARRIVED: dict[str, list[str]] = {}
 
 def receive(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Records what arrived, refuses records marked ``poison``, then scribbles over its event
-    (the sink must have given it a copy)."""
+    (the worker gives it records of its own)."""
     arrived = ARRIVED.setdefault(context.function_name, [])
     failures = []
     for record in event["Records"]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fanout.delivery.deadletter.base import Entry, PartialDeadLetterError
 from fanout.delivery.gate import SinkGate
+from fanout.delivery.private import copy_records
 from fanout.errors import DeadLetterError
 from fanout.sink import Sink
 
@@ -28,8 +29,12 @@ class SinkDeadLetter:
 
     async def write(self, entries: list[Entry]) -> None:
         """Send ``entries`` to the sink; any entry it does not take fails the write."""
+        batch = entries
+        if getattr(self.sink, "mutates_records", False):
+            # The entries hold records other sinks may still be delivering.
+            batch = copy_records(entries)
         try:
-            failures = await self.gate.send(self.sink, entries)
+            failures = await self.gate.send(self.sink, batch)
         except Exception as exc:
             raise DeadLetterError(f"dead-letter sink {self.sink.name}: {exc!r}") from exc
         if failures:

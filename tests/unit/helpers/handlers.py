@@ -39,3 +39,17 @@ def slow(event: dict[str, Any], context: Any) -> None:
 
 
 not_callable = 42
+
+
+def scramble_then_fail_second(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Reports the second record failed (first call only), after wrecking every record and
+    emptying its list of them."""
+    records = event["Records"]
+    CALLS.append(({"Records": list(records)}, context))
+    answer: dict[str, Any] = {"batchItemFailures": []}
+    if len(records) == 3:
+        answer["batchItemFailures"] = [{"itemIdentifier": records[1]["dynamodb"]["SequenceNumber"]}]
+    for record in records:
+        record.clear()
+    records.clear()
+    return answer
