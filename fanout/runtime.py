@@ -5,13 +5,17 @@ from __future__ import annotations
 import gc
 
 # Generation thresholds for the cycle collector. A GetRecords page parses into about 150,000
-# dicts and lists (1,000 records with nested images); with CPython's defaults (700, 10, 10)
-# the collector runs hundreds of times per page and every few pages walks every live object,
-# which took two thirds of the worker's CPU time in the throughput benchmark. Records are
-# acyclic and are freed by reference counting as soon as every sink has them, and the
-# benchmark's collections found no cyclic garbage at all on the hot path, so collections
-# can be rare: cycles from error paths are still collected, only later.
-GC_THRESHOLDS = (100_000, 50, 100)
+# dicts and lists (1,000 records with nested images), and the lanes keep tens of thousands of
+# records alive while sinks work on them. Records are acyclic and are freed by reference
+# counting once every sink has them, so walking them finds nothing; yet with CPython's
+# defaults (700, 10, 10) the collector ran hundreds of times per page, and with (100_000, 50,
+# 100) every record kept by a handler sink's lane was still promoted and walked again by
+# frequent full collections (a third of the CPU time with three handler sinks). The first
+# threshold counts container objects allocated and not yet freed: while records come and go,
+# that count stays near the records in flight and collections are rare; cyclic garbage (from
+# error paths) adds to it and is collected after 2,000,000 such objects at most (bench, 4
+# shards, three handler sinks: 50 -> 40 CPU s per million records; docs/performance.md).
+GC_THRESHOLDS = (2_000_000, 10, 10)
 
 
 def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:

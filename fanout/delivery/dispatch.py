@@ -92,16 +92,25 @@ class ShardDispatch:
             metrics.sink_records.labels(stream, route.name, "filtered") for route in routes
         ]
 
-    async def submit(self, records: list[Record], last_seq: str | None, weight: int = 0) -> None:
+    async def submit(
+        self,
+        records: list[Record],
+        last_seq: str | None,
+        weight: int = 0,
+        reread: Callable[[], list[Record]] | None = None,
+    ) -> None:
         """Hand a page to every sink. ``records`` may be fewer than the page (skipped ones);
         ``last_seq`` is the page's last sequence number, settled once all are delivered
         (None: no record of it has one; the frontier stays). ``weight`` is the page's share
-        of the byte budget, given back when it is settled.
+        of the byte budget, given back when it is settled. ``reread`` parses the page again
+        as it was read: kept on the ticket while a sink that changes its records may need it.
 
         Malformed records are written to every routed sink's dead-letter destination, with
         the reason, before the page can settle; the others go on.
         """
         ticket = self.progress.open(last_seq, weight)
+        if self._private:
+            ticket.reread = reread
         if not _all_well_formed(records):
             records = await self._set_aside_malformed(records)
         parts: list[list[Record]] = []

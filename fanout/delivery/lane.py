@@ -20,11 +20,10 @@ from collections import deque
 from collections.abc import Sequence
 
 import anyio
-import orjson
 
 from fanout.delivery.gate import retry_after
 from fanout.delivery.giveup import DeadLetterWriter
-from fanout.delivery.private import copy_records
+from fanout.delivery.private import Pristine, copy_records
 from fanout.delivery.recovery import Recovery, SinkHealth
 from fanout.delivery.route import Route
 from fanout.delivery.telemetry import LaneTelemetry
@@ -115,7 +114,7 @@ class Lane:
                         await self._wakeup.wait()
                     remaining = self._first_arrival + window - time.monotonic()
             batch, segments = self._take(batch_size)
-            await self.deliver(batch)
+            await self.deliver(batch, segments)
             for ticket, count in segments:
                 ticket.settle(count)
             self._buffered -= len(batch)
@@ -198,13 +197,18 @@ class Lane:
             route.gate.hold_off(retry_after(failures))
         return failures, None
 
-    async def deliver(self, batch: list[Record]) -> None:
-        """Return once every record of ``batch`` is delivered or dead-lettered."""
+    async def deliver(
+        self, batch: list[Record], segments: Sequence[tuple[Ticket, int]] = ()
+    ) -> None:
+        """Return once every record of ``batch`` (from the pages of ``segments``, if known)
+        is delivered or dead-lettered."""
         route = self.route
         # A sink that may change its records (``route.private``) changes only its own
-        # (``fanout.delivery.private``); what a retry or a dead-letter entry needs is the
-        # batch as it was, kept as bytes until the first send succeeded.
-        pristine = orjson.dumps(batch) if route.private else None
+        # (``fanout.delivery.private``); a retry or a dead-letter entry needs the batch as
+        # it was: parsed again from its pages if they are kept, else kept here as bytes.
+        again: Pristine | None = None
+        if route.private:
+            again = Pristine(batch, segments)
         created = approximate_creation_time(batch[0])
         # The hot path: one call (straight to the sink while its gate is idle), no failures.
         if route.gate.idle:
@@ -218,8 +222,8 @@ class Lane:
             self.telemetry.count_delivered(len(batch), created)
             return
         send = self.attempt
-        if pristine is not None:
-            batch = orjson.loads(pristine)
+        if again is not None:
+            batch = again.records()
             send = self._attempt_on_copy
         recovery = Recovery(
             batch,

@@ -43,7 +43,7 @@ from fanout.delivery.lane import Lane
 from fanout.delivery.route import Route
 from fanout.isolation import contained, own_cancellation
 from fanout.progress.store import WindowState
-from fanout.progress.tracker import ShardProgress
+from fanout.progress.tracker import ShardProgress, Ticket
 from fanout.records import Record, approximate_creation_time
 from fanout.sink import Failure, Failures
 
@@ -162,8 +162,11 @@ class WindowLane(Lane):
             start = window_start(max(self.closed, self._clock()), self.size)
         return start
 
-    async def deliver(self, batch: list[Record]) -> None:
-        """Deliver the records of ``batch`` not yet in the state, window by window."""
+    async def deliver(
+        self, batch: list[Record], segments: Sequence[tuple[Ticket, int]] = ()
+    ) -> None:
+        """Deliver the records of ``batch`` (from the pages of ``segments``) not yet in the
+        state, window by window."""
         if self.covered is not None:  # read again after a restart: already in the state
             covered = int(self.covered)
             batch = [r for r in batch if _seq(r) > covered]
@@ -172,21 +175,23 @@ class WindowLane(Lane):
         for record in batch:
             start = self.assign(record)
             if group and start != group_start:
-                await self._deliver_in(group_start, group)
+                await self._deliver_in(group_start, group, segments)
                 group = []
             group_start = start
             group.append(record)
         if group:
-            await self._deliver_in(group_start, group)
+            await self._deliver_in(group_start, group, segments)
 
-    async def _deliver_in(self, start: float | None, records: list[Record]) -> None:
+    async def _deliver_in(
+        self, start: float | None, records: list[Record], segments: Sequence[tuple[Ticket, int]]
+    ) -> None:
         assert start is not None
         async with self._lock:
             if self.start is not None and self.start != start:
                 await self._close(early=False)
             if self.start is None:
                 self.start, self.state = start, {}
-        await super().deliver(records)
+        await super().deliver(records, segments)
 
     # -- calls ------------------------------------------------------------------------------
 

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
 from fanout.progress.store import LeaseToken, WindowState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from fanout.records import Record
 
 
 class LeaseGuard(Protocol):
@@ -58,12 +63,15 @@ class Ticket:
     malformed, nothing read before): settling it leaves the frontier where it is.
     """
 
-    __slots__ = ("last_seq", "pending", "shard", "weight")
+    __slots__ = ("last_seq", "pending", "reread", "shard", "weight")
 
     def __init__(self, shard: ShardProgress, last_seq: str | None, weight: int = 0) -> None:
         self.shard = shard
         self.last_seq = last_seq
         self.weight = weight  # bytes of the budget the page holds
+        # The page's records parsed again as they were read, for the retries of a sink
+        # that changes its records (``fanout.delivery.private``); None: not kept.
+        self.reread: Callable[[], list[Record]] | None = None
         # Starts at 1: the reader holds the ticket open until it has handed the page to
         # every sink, so a quick sink cannot settle the page before a slow one received it.
         self.pending = 1

@@ -56,12 +56,15 @@ class Page:
     """One GetRecords answer.
 
     ``nbytes`` estimates the memory its records take once parsed (what the process's byte
-    budget counts, ``fanout.stream.budget``); 0 when unknown (fakes).
+    budget counts, ``fanout.stream.budget``); 0 when unknown (fakes). ``raw`` is the answer
+    as it came (empty when unknown): what a sink that changed its records is given again
+    when they are retried (``fanout.delivery.private``).
     """
 
     records: list[Record]
     next_iterator: str | None  # None: the shard is closed and fully read
     nbytes: int = 0
+    raw: bytes = b""
 
 
 class StreamsAPI(Protocol):

@@ -265,7 +265,9 @@ class StreamsClient:
                 "GetRecords: Records is not a list or NextShardIterator not a string",
                 code="MalformedAnswer",
             )
-        return Page(records, following, parsed_size(raw) if records else 0)
+        if not records:
+            return Page(records, following)
+        return Page(records, following, parsed_size(raw), raw)
 
 
 def _answer(raw: bytes, op: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
+import orjson
 from prometheus_client import Counter
 
 from fanout.errors import (
@@ -80,10 +81,17 @@ class ReaderOptions:
 class PageTarget(Protocol):
     """Where a shard's pages go (``fanout.delivery.lane.ShardDispatch``)."""
 
-    async def submit(self, records: list[Record], last_seq: str | None, weight: int = 0) -> None:
+    async def submit(
+        self,
+        records: list[Record],
+        last_seq: str | None,
+        weight: int = 0,
+        reread: Callable[[], list[Record]] | None = None,
+    ) -> None:
         """Hand ``records`` (ending at sequence number ``last_seq``) to every sink; may
         wait while the sinks' buffers are full. ``weight`` is the page's share of the byte
-        budget, held until the page is settled."""
+        budget, held until the page is settled; ``reread`` parses the page again, as it
+        was read."""
         ...
 
 
@@ -148,6 +156,23 @@ def stamp_records(records: list[Record], arn: str) -> int:
         else:
             bad += 1
     return bad
+
+
+class Reread:
+    """A page's records parsed again from the answer as it came, stamped as the reader
+    stamps them: what a sink that changed its records is retried with (a few bytes per
+    page until then; the parse happens only when such a sink's send failed)."""
+
+    __slots__ = ("arn", "raw")
+
+    def __init__(self, raw: bytes, arn: str) -> None:
+        self.raw = raw
+        self.arn = arn
+
+    def __call__(self) -> list[Record]:
+        records = orjson.loads(self.raw).get("Records") or []
+        stamp_records(records, self.arn)
+        return list(records)
 
 
 class ShardReader:
@@ -310,6 +335,7 @@ class ShardReader:
                     records if self.skip_before is None else self._skip(records),
                     last_seen or self.last_seen,
                     page.nbytes,
+                    Reread(page.raw, arn) if page.raw else None,
                 )
                 empties = 0
             else:

@@ -7,6 +7,8 @@ import copy
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import anyio
+import orjson
 import pytest
 
 from fanout.delivery.private import private_parts
@@ -210,3 +212,55 @@ async def test_a_handler_that_empties_its_records_still_gets_batch_item_failures
         assert [len(event["Records"]) for event, _ in handlers.CALLS] == [3, 2]
     finally:
         await sink.stop()
+
+
+async def test_retries_of_a_sink_changing_its_records_parse_its_pages_again():
+    """In the worker the reader keeps each page's answer (``Reread``): a failed send of a
+    private sink is retried with records parsed again from it, never with a kept copy."""
+    from fanout.delivery import ShardDispatch
+    from fanout.stream.reader import Reread
+    from tests.unit.delivery_fakes import ARN, progress
+
+    pages = [[rec(i) for i in range(p * 40, p * 40 + 40)] for p in range(3)]
+    for page in pages:
+        page[0]["userIdentity"] = {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"}
+    answers = []
+    for page in pages:
+        wire = copy.deepcopy(page)
+        for record in wire:
+            del record["eventSourceARN"]  # GetRecords has no eventSourceARN: Reread stamps it
+        answers.append(orjson.dumps({"Records": wire, "NextShardIterator": "next"}))
+    pristine = copy.deepcopy(pages)
+    for page in pristine:
+        page[0]["userIdentity"] = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+    for page in pages:
+        page[0]["userIdentity"] = dict(pristine[0][0]["userIdentity"])
+
+    parsed = 0
+
+    class Counting(Reread):
+        def __call__(self) -> list[Record]:
+            nonlocal parsed
+            parsed += 1
+            return super().__call__()
+
+    scribbler = Scribbler("scribbler", behaviour=fail_first_send_of(seq_of(50)))
+    other = ScriptedSink("other")
+    routes = [make_route(scribbler, batch_size=25), make_route(other, batch_size=25)]
+    shard = progress()
+    dispatch = ShardDispatch(shard, routes, routes[0].metrics)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatch.run)
+        for page, answer in zip(pages, answers, strict=True):
+            await dispatch.submit(
+                page, page[-1]["dynamodb"]["SequenceNumber"], 0, Counting(answer, ARN)
+            )
+        dispatch.close()
+
+    everything = [r for page in pristine for r in page]
+    assert other.delivered == everything
+    by_seq = {r["dynamodb"]["SequenceNumber"]: r for r in everything}
+    for batch in scribbler.seen:
+        assert batch == [by_seq[r["dynamodb"]["SequenceNumber"]] for r in batch]
+    assert parsed == 1  # only the page of the failed batch, only once
+    assert shard.frontier == seq_of(119)

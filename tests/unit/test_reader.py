@@ -27,7 +27,11 @@ class Pages:
         self.weights: list[int] = []
 
     async def submit(
-        self, records: list[dict[str, Any]], last_seq: str | None, weight: int = 0
+        self,
+        records: list[dict[str, Any]],
+        last_seq: str | None,
+        weight: int = 0,
+        reread: Any = None,
     ) -> None:
         self.pages.append((records, last_seq))
         self.weights.append(weight)
