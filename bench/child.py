@@ -206,6 +206,10 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
         "cpu": window.cpu,
         "peak_rss_mb": _peak_rss_mb(),
         "sinks": dict(bench_sinks.counts),
+        # records each bench handler (bench/handlers.py) was called with, if any ran
+        "handled": dict(sys.modules["bench.handlers"].seen)
+        if "bench.handlers" in sys.modules
+        else {},
         "latencies": [lat for lat, _ in bench_sinks.latencies],
         "written": [written for _, written in bench_sinks.latencies],
         "finished_shards": finished(),

@@ -29,6 +29,7 @@ def test_throughput_scenario_reads_every_record_and_writes_results(tmp_path: Pat
     assert sorted(r["consumer"] for r in rows) == [
         "aiobotocore",
         "fanout",
+        "fanout-handlers",
         "fanout-unfiltered",
         "floor",
     ]
@@ -43,10 +44,17 @@ def test_throughput_scenario_reads_every_record_and_writes_results(tmp_path: Pat
     assert all(0 < n < 4000 for n in fanout["sinks"].values())
     bare = next(r for r in rows if r["consumer"] == "fanout-unfiltered")
     assert all(n == 4000 for n in bare["sinks"].values())  # no filters: every record
+    # Lambda handlers at their defaults: the unfiltered one got every record, the filtered
+    # ones the same shares as the counting sinks
+    handlers = next(r for r in rows if r["consumer"] == "fanout-handlers")
+    assert handlers["finished_shards"] == 2
+    assert handlers["handled"] == {**fanout["sinks"], "audit": 4000}
     assert set(report["results"]["throughput"]["ratios"]["2"]) == {
         "vs_floor",
         "vs_aiobotocore",
         "filter_cpu_overhead",
+        "handlers_vs_floor",
+        "handlers_cpu_vs_floor",
     }
     assert report["machine"]["cpus"] >= 1
 
