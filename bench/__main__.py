@@ -3,9 +3,11 @@
 Scenarios (all by default; pick with ``--scenario``, repeatable):
 
 * ``throughput``: closed shards of pre-built 1,000-record pages on 4 and 64 shards, read to
-  the end by fanout (three filtered sinks), by the floor (aiohttp + orjson only) and by
-  aiobotocore + TypeDeserializer; records/s and CPU seconds per million records; on 64
-  shards also by fanout as two worker processes sharing the shards (``--processes``);
+  the end by fanout (three filtered null sinks; ``fanout-handlers``: the same as Lambda
+  handlers at their default settings; ``fanout-unfiltered``), by the floor (aiohttp + orjson
+  only, collector off) and by aiobotocore + TypeDeserializer; records/s and CPU seconds per
+  million records; on 64 shards also by fanout as two worker processes sharing the shards
+  (``--processes``);
 * ``latency``: DynamoDB Local, 200 writes/s, write-to-sink latency percentiles;
 * ``idle``: 100 idle shards; GetRecords calls per idle shard-hour, then the latency of the
   first write to an idle shard;
@@ -20,7 +22,8 @@ Scenarios (all by default; pick with ``--scenario``, repeatable):
 ``--quick`` shrinks every scenario to a run of a minute or two. Results land in
 ``bench/results/<UTC time>.json`` (``--out`` to change the directory).
 
-Throughput can run several rounds (``--rounds N``: medians and the best round) and measure
+Throughput runs three rounds by default (``--rounds N``: medians and the best round; the
+slow aiobotocore consumer reads once) and can measure
 an older commit beside the current tree in the same run (``--baseline REV``, e.g.
 ``python -m bench -s throughput --consumers fanout --rounds 4 --baseline main``; see
 ``bench/baseline.py``).
@@ -184,7 +187,8 @@ def _parser() -> argparse.ArgumentParser:
         "--rounds",
         type=_positive_int,
         help="throughput: read everything this many times per consumer, alternating the "
-        "order; report the median and the best round (default 1)",
+        "order; report the median and the best round (default 3; aiobotocore reads once; "
+        "--quick: 1)",
     )
     parser.add_argument(
         "--baseline",

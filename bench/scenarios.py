@@ -109,7 +109,9 @@ class Options:
     budget_records_per_shard: int = 4
     budget_item_bytes: int = 50_000
     budget_bytes: int = 96 * 1024 * 1024
-    rounds: int = 1  # throughput: every consumer reads everything once per round
+    # throughput: every consumer reads everything once per round (aiobotocore, twenty times
+    # slower than the others and far from its target, only in the first)
+    rounds: int = 3
     baseline: Baseline | None = None  # throughput: an older checkout to measure beside fanout
     profile: bool = False
     tune_gc: bool = True
@@ -127,6 +129,7 @@ class Options:
             idle_warmup=5.0,
             idle_writes=3,
             scale_records_per_shard=5,
+            rounds=1,
             lease_seconds=20.0,
         )
 
@@ -306,6 +309,8 @@ def throughput(opts: Options) -> dict[str, Any]:
         with server.run_in_thread():
             for round_ in range(opts.rounds):
                 for consumer in consumers if round_ % 2 == 0 else consumers[::-1]:
+                    if consumer.kind == "aiobotocore" and round_ > 0:
+                        continue
                     result = _read_all(opts, consumer, server, stream, round_)
                     if result["records"] != total:
                         raise RuntimeError(

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 def test_throughput_scenario_reads_every_record_and_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "results"
     argv = ["-s", "throughput", "--shards", "2", "--records", "4000", "--processes", "1"]
+    argv += ["--rounds", "1"]
     argv += ["--out", str(out)]
 
     assert main(argv) == 0
@@ -62,7 +63,7 @@ def test_throughput_scenario_reads_every_record_and_writes_results(tmp_path: Pat
 def test_throughput_with_two_processes_shares_the_shards(tmp_path: Path) -> None:
     out = tmp_path / "results"
     argv = ["-s", "throughput", "--consumers", "fanout", "--shards", "4", "--records", "8000"]
-    assert main([*argv, "--processes", "2", "--out", str(out)]) == 0
+    assert main([*argv, "--processes", "2", "--rounds", "1", "--out", str(out)]) == 0
     (path,) = out.glob("*.json")
     throughput = orjson.loads(path.read_bytes())["results"]["throughput"]
     rows = {r["consumer"]: r for r in throughput["rows"]}
