@@ -48,7 +48,7 @@ from fanout.delivery.gate import retry_after
 from fanout.delivery.giveup import DeadLetterWriter
 from fanout.delivery.route import Route
 from fanout.delivery.telemetry import LaneTelemetry
-from fanout.records import Record, approximate_creation_time
+from fanout.records import Record, change_time
 from fanout.sink import Failure, Failures
 
 log = logging.getLogger("fanout.dispatch")
@@ -281,7 +281,7 @@ class Recovery:
             return f"gave up after {attempts} attempts"
         limit = policy.max_record_age
         if limit != -1:
-            created = approximate_creation_time(self.batch[i])
+            created = change_time(self.batch[i])
             if created is not None and now - created > limit:
                 return f"record older than max_record_age ({limit:g}s)"
         return None

@@ -7,7 +7,7 @@ from typing import Any
 
 from fanout.delivery.route import Route
 from fanout.progress.tracker import ShardProgress
-from fanout.records import Record, approximate_creation_time
+from fanout.records import Record, change_time
 
 
 class LaneTelemetry:
@@ -52,7 +52,7 @@ class LaneTelemetry:
         if count <= 0:
             return
         self.delivered.inc(count)
-        created = approximate_creation_time(sample)
+        created = change_time(sample)
         if created is not None:
             self.lag.observe(max(0.0, time.time() - created))
 

@@ -1,0 +1,239 @@
+"""``fanout backfill`` end to end: DynamoDB Local, the local OpenSearch-like server, a worker
+streaming, a thread changing the table throughout, a backfill killed with SIGKILL and
+resumed. The index must equal the table, and the Scan must keep within its budget."""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fanout.testing.searchserver import SearchServer, ServerThread
+from tests.integration.process import REPO, WorkerProcess, read_lines, wait_for
+
+pytestmark = pytest.mark.integration
+
+ITEMS = 20_000
+SEGMENTS = 4
+BUDGET = 100.0  # read capacity units per second
+# One page per segment may be in flight beyond the pace (see fanout.backfill.budget).
+PAGE_SLACK = SEGMENTS * BUDGET * 0.25
+
+
+def write_config(path: Path, table: str, ddb: str, search: str, db: Path) -> Path:
+    path.write_text(
+        f"""
+streams:
+  orders:
+    table: {table}
+    endpoint_url: {ddb}
+    region: us-east-1
+    starting_position: LATEST
+    max_idle_interval: 200ms
+checkpoints: {{path: {db}, interval: 300ms}}
+http: {{enabled: false}}
+shutdown_grace: 10s
+backfill: {{read_capacity: {BUDGET}, segments: 2, progress_interval: 200ms}}
+sinks:
+  search:
+    type: opensearch
+    endpoint: {search}
+    index: orders
+    batch_size: 500
+    max_bulk_actions: 500
+    retry: {{max_attempts: 8, initial_backoff: 50ms, max_backoff: 300ms}}
+    dead_letter: {{type: file, path: {db.parent}/dlq-search.jsonl}}
+"""
+    )
+    return path
+
+
+def item(rng: random.Random, pk: str, n: int) -> dict[str, Any]:
+    return {
+        "pk": {"S": pk},
+        "v": {"N": str(n)},
+        "price": {"N": f"{rng.randrange(100000) / 4:.2f}"},
+        "tags": {"SS": sorted(rng.sample(["a", "b", "c", "d"], rng.randrange(1, 4)))},
+        "blob": {"B": bytes([n % 256, 1, 2])},
+        "pad": {"S": "p" * rng.randrange(100, 300)},
+    }
+
+
+def plain(value: dict[str, Any]) -> Any:
+    ((tag, inner),) = value.items()
+    if tag == "N":
+        number = Decimal(inner)
+        return int(number) if number == number.to_integral_value() else float(number)
+    if tag == "B":
+        return base64.b64encode(inner).decode()
+    if tag == "SS":
+        return sorted(inner)
+    return inner
+
+
+def table_as_documents(ddb_client: Any, table: str) -> dict[str, dict[str, Any]]:
+    docs = {}
+    for page in ddb_client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+        for row in page["Items"]:
+            docs[row["pk"]["S"]] = {k: plain(v) for k, v in row.items()}
+    return docs
+
+
+def index_as_documents(server: SearchServer) -> dict[str, dict[str, Any]]:
+    docs = {}
+    for doc_id, source in server.documents("orders").items():
+        body = {k: v for k, v in source.items() if k != "_fanout"}
+        body["tags"] = sorted(body["tags"])
+        docs[doc_id] = body
+    return docs
+
+
+def load_table(ddb_client: Any, table: str, rng: random.Random) -> None:
+    rows = [item(rng, f"k{i}", 0) for i in range(ITEMS)]
+    chunks = [rows[i : i + 25] for i in range(0, ITEMS, 25)]
+
+    def write(chunk: list[dict[str, Any]]) -> None:
+        requests: list[dict[str, Any]] = [{"PutRequest": {"Item": r}} for r in chunk]
+        while requests:
+            answer = ddb_client.batch_write_item(RequestItems={table: requests})
+            requests = answer.get("UnprocessedItems", {}).get(table, [])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, chunks))
+
+
+class Mutator(threading.Thread):
+    """Updates, deletes and inserts items until stopped."""
+
+    def __init__(self, ddb_client: Any, table: str) -> None:
+        super().__init__(daemon=True)
+        self.client, self.table = ddb_client, table
+        self.rng = random.Random(7)
+        self.stop = threading.Event()
+        self.counts = {"update": 0, "delete": 0, "insert": 0}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        n = 0
+        try:
+            while not self.stop.is_set():
+                n += 1
+                roll = self.rng.random()
+                if roll < 0.3:
+                    key = f"k{self.rng.randrange(ITEMS)}"
+                    self.client.delete_item(TableName=self.table, Key={"pk": {"S": key}})
+                    self.counts["delete"] += 1
+                elif roll < 0.5:
+                    key = f"n{n}"
+                    self.client.put_item(TableName=self.table, Item=item(self.rng, key, n))
+                    self.counts["insert"] += 1
+                else:
+                    key = f"k{self.rng.randrange(ITEMS)}"
+                    self.client.put_item(TableName=self.table, Item=item(self.rng, key, n))
+                    self.counts["update"] += 1
+                time.sleep(0.002)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def backfill_command(config: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "fanout", "backfill", "--config", str(config), "--sink", "search",
+        "--segments", str(SEGMENTS), "--json",
+    ]  # fmt: skip
+
+
+def progress_lines(log: Path) -> list[dict[str, Any]]:
+    return [r for r in read_lines(log) if r.get("event") == "backfill_progress"]
+
+
+def within_budget(consumed: float, seconds: float) -> bool:
+    return consumed <= BUDGET * seconds + PAGE_SLACK
+
+
+def test_a_killed_and_resumed_backfill_leaves_the_index_equal_to_the_changing_table(
+    tmp_path, dynamodb_local, ddb_table, ddb_client
+):
+    table, _ = ddb_table()
+    rng = random.Random(20261130)
+    load_table(ddb_client, table, rng)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with ServerThread(SearchServer()) as server:
+        db = tmp_path / "fanout.db"
+        config = write_config(
+            tmp_path / "fanout.yaml", table, dynamodb_local.endpoint_url, server.url, db
+        )
+        log = tmp_path / "worker.log"
+        worker = WorkerProcess(config, tmp_path / "unused.jsonl", log)
+        mutator = Mutator(ddb_client, table)
+        first_log = tmp_path / "backfill-1.log"
+        try:
+            wait_for(lambda: b"worker_started" in log.read_bytes(), 30, "the worker")
+            mutator.start()
+            time.sleep(0.5)
+            # A first run, killed once it has loaded part of the table.
+            with first_log.open("wb") as out:
+                first = subprocess.Popen(
+                    backfill_command(config), cwd=REPO, env=env, stdout=out, stderr=out
+                )
+                wait_for(
+                    lambda: any(p["items_settled"] >= 6000 for p in progress_lines(first_log)),
+                    60,
+                    "the first backfill to load items",
+                )
+                first.send_signal(signal.SIGKILL)
+                first.wait(timeout=30)
+            # The second run resumes it.
+            second = subprocess.run(
+                backfill_command(config),
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+            assert second.returncode == 0, second.stderr.decode()[-3000:]
+            time.sleep(0.5)
+            mutator.stop.set()
+            mutator.join(10)
+            assert mutator.error is None
+            expected = table_as_documents(ddb_client, table)
+            wait_for(
+                lambda: index_as_documents(server) == expected, 60, "the index to equal the table"
+            )
+            assert worker.terminate() == 0
+        except BaseException:
+            mutator.stop.set()
+            worker.proc.kill()
+            print(log.read_text()[-3000:])
+            print(first_log.read_text()[-3000:] if first_log.exists() else "")
+            raise
+
+    outcome = orjson.loads(second.stdout.splitlines()[-1])
+    print("first run:", progress_lines(first_log)[-1])
+    print("second run:", outcome, "changes:", mutator.counts)
+    assert outcome["done"] and outcome["resumed"]
+    assert outcome["segments"] == SEGMENTS
+    # The resumed run did not start over: the first run's settled pages were kept.
+    assert outcome["total_items"] - outcome["items"] >= 5000
+    assert min(mutator.counts.values()) > 100  # changes ran throughout
+    # The index is the table: nothing missing, no deleted item back, no stale image.
+    assert index_as_documents(server) == table_as_documents(ddb_client, table)
+    assert read_lines(tmp_path / "dlq-search.jsonl") == []
+    # The Scan kept within its read capacity budget, in both runs.
+    assert outcome["consumed_rcu"] > 0
+    assert within_budget(outcome["consumed_rcu"], outcome["seconds"]), outcome
+    last = progress_lines(first_log)[-1]
+    assert within_budget(last["consumed_rcu"], last["items"] / max(last["items_per_s"], 1e-9))
