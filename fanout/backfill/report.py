@@ -34,9 +34,9 @@ class ProgressReport:
         total = backfill.item_count
         rate = backfill.items_this_run / elapsed
         rcu = backfill.budget.consumed / elapsed
-        states = [s.state() for s in backfill.scans]
-        done = sum(1 for s in states if s.done)
-        settled = sum(s.items for s in states)
+        # as saved: a run that stops now resumes from there
+        done = sum(1 for s in backfill.saved if s.done)
+        settled = sum(s.items for s in backfill.saved)
         if self.bar:
             share = min(1.0, read / total) if total else 0.0
             filled = int(share * BAR)

@@ -216,6 +216,7 @@ class Backfill:
         self.budget = ReadBudget(self.options.read_capacity)
         self.item_count: int | None = None  # the table's ItemCount (approximate)
         self.row: BackfillRow | None = None
+        self.saved: list[SegmentRow] = []  # the segments' progress as last saved
         self.started = time.monotonic()
 
     # -- progress -----------------------------------------------------------------------------
@@ -448,12 +449,12 @@ class Backfill:
         while True:
             await anyio.sleep(SAVE_INTERVAL_S)
             rows = [scan.state() for scan in self.scans]
-            if self.on_progress is not None:
-                self.on_progress(self)
             changed = [row for row in rows if row not in last]
             if not await self._write(changed, done=False, release=False):
                 raise BackfillError("the backfill was taken over by another run")
-            last = rows
+            last = self.saved = rows
+            if self.on_progress is not None:
+                self.on_progress(self)
 
     async def _save(self, *, done: bool, release: bool) -> bool:
         return await self._write([scan.state() for scan in self.scans], done=done, release=release)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Any
 
@@ -111,5 +110,4 @@ def run(args: argparse.Namespace) -> int:
             f"{summary['read_capacity']:g})",
             file=sys.stdout,
         )
-    logging.getLogger("fanout.backfill").debug("backfill_command_done")
     return EXIT_OK

@@ -224,7 +224,7 @@ def test_a_killed_and_resumed_backfill_leaves_the_index_equal_to_the_changing_ta
     outcome = orjson.loads(second.stdout.splitlines()[-1])
     print("first run:", progress_lines(first_log)[-1])
     print("second run:", outcome, "changes:", mutator.counts)
-    assert outcome["done"] and outcome["resumed"]
+    assert (outcome["done"], outcome["resumed"]) == (True, True)
     assert outcome["segments"] == SEGMENTS
     # The resumed run did not start over: the first run's settled pages were kept.
     assert outcome["total_items"] - outcome["items"] >= 5000
