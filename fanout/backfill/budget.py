@@ -18,7 +18,7 @@ import anyio
 # Scan pages are sized to cost about this share of a second's budget, so the budget is
 # spent in several calls a second rather than in one large page followed by a long wait.
 PAGE_SHARE = 0.25
-MIN_PAGE, MAX_PAGE = 1, 1000
+MIN_PAGE, MAX_PAGE, FIRST_PAGE = 1, 1000, 10
 
 
 class ReadBudget:
@@ -58,10 +58,10 @@ class ReadBudget:
         """Wait until the bucket is out of debt, then reserve ``estimate`` units."""
         while True:
             self._refill()
-            if self._tokens >= 0:
+            if self._tokens >= -1e-9:  # rounding: "out of debt" within a nano-unit
                 self._tokens -= estimate
                 return
-            await self._sleep(-self._tokens / self.rate)
+            await self._sleep(max(-self._tokens / self.rate, 0.001))
 
     def charge(self, estimate: float, consumed: float, items: int) -> None:
         """A call reserved ``estimate`` and consumed ``consumed`` units reading ``items``."""
@@ -72,12 +72,19 @@ class ReadBudget:
             old = self._per_item
             self._per_item = per_item if old is None else 0.7 * old + 0.3 * per_item
 
+    def assume(self, item_bytes: float, consistent: bool) -> None:
+        """Start from items of ``item_bytes`` on average (the table's ``TableSizeBytes`` /
+        ``ItemCount``, which DynamoDB updates about every six hours) until pages are read."""
+        if item_bytes > 0 and self._per_item is None:
+            self._per_item = item_bytes / 4096 * (1.0 if consistent else 0.5)
+
     def page(self, segments: int) -> tuple[int, float]:
         """``(Limit, estimated units)`` of the next Scan call of one of ``segments``."""
         target = max(0.5, self.rate * PAGE_SHARE / max(1, min(segments, 4)))
         per_item = self._per_item
         if per_item is None or per_item <= 0:
-            return MIN_PAGE * 100, min(target, 0.5 * 100)
+            # Nothing known of the items yet: a small first page.
+            return FIRST_PAGE, min(target, 0.5 * FIRST_PAGE)
         limit = int(max(MIN_PAGE, min(MAX_PAGE, target / per_item)))
         return limit, limit * per_item
 

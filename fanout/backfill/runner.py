@@ -255,7 +255,7 @@ class Backfill:
             state, resumed = await self._start(table, stream_arn)
             row = state.row
             self.row = row
-            region = stream_cfg.region or ddb.meta.region_name or ""
+            region = stream_cfg.region or stream_arn.split(":")[3]
             maker = RecordMaker(row.backfill_id, key_names, stream_arn, region, row.version_time)
             target = Target(
                 table,
@@ -304,6 +304,9 @@ class Backfill:
             )
             self.started = time.monotonic()
             self.budget = ReadBudget(self.options.read_capacity)
+            size, count = described.get("TableSizeBytes", 0), described.get("ItemCount", 0)
+            if size and count:
+                self.budget.assume(size / count, self.options.consistent_read)
             for scan in self.scans:
                 scan.budget = self.budget
             done = False
