@@ -177,8 +177,12 @@ class Backfill:
         store: the application's checkpoint store (default: the configured one; opened and
             closed here unless given).
         aws: the process's AWS clients (closed here unless given).
-        on_progress: called about once a second with the segments' states.
-        backfill_id: run this backfill (a worker's), instead of finding or creating one.
+        on_progress: called about once a second, after the segments' progress is saved.
+        owner: this process as the backfill's owner (default: host, pid, random).
+        routes: the sinks' routes (a worker's own); default: built and started here.
+        backfill_id: the id of a new backfill (default: its start time and stream); a
+            worker's ``on_first_start`` backfill has a fixed one, so only one worker
+            creates it.
     """
 
     def __init__(
@@ -193,6 +197,8 @@ class Backfill:
         aws: AwsClients | None = None,
         on_progress: Callable[[Backfill], None] | None = None,
         owner: str | None = None,
+        routes: list[Route] | None = None,
+        backfill_id: str | None = None,
     ) -> None:
         self.config = config
         self.sinks = sorted(set(sinks))
@@ -218,6 +224,8 @@ class Backfill:
         self.row: BackfillRow | None = None
         self.saved: list[SegmentRow] = []  # the segments' progress as last saved
         self.started = time.monotonic()
+        self._routes_given = routes
+        self.backfill_id = backfill_id
 
     # -- progress -----------------------------------------------------------------------------
 
@@ -267,7 +275,10 @@ class Backfill:
             )
             http = HttpClient()
             stack.push_async_callback(http.aclose)
-            routes = await self._routes(stack, http)
+            if self._routes_given is not None:
+                routes = [r for r in self._routes_given if r.name in self.sinks]
+            else:
+                routes = await self._routes(stack, http)
             self.scans = [
                 SegmentScan(
                     target,
@@ -354,6 +365,8 @@ class Backfill:
             row = state.row
             if row.done or row.stream != self.stream or row.sinks != sinks:
                 continue
+            if self.backfill_id is not None and row.backfill_id != self.backfill_id:
+                continue
             if not owner_gone(row, now):
                 raise BackfillBusy(
                     f"backfill {row.backfill_id} of {sinks} is running in {row.owner}"
@@ -373,7 +386,9 @@ class Backfill:
         # The stream position is fixed before the first Scan: a worker that has not stored
         # the stream's start yet starts at the backfill's version time.
         await self.store.stream_start(stream_arn, float(created))
-        backfill_id = f"{int(now)}-{re.sub(r'[^A-Za-z0-9_.-]', '-', self.stream)}"
+        backfill_id = self.backfill_id or (
+            f"{int(now)}-{re.sub(r'[^A-Za-z0-9_.-]', '-', self.stream)}"
+        )
         row = BackfillRow(
             backfill_id,
             self.stream,

@@ -237,3 +237,47 @@ def test_a_killed_and_resumed_backfill_leaves_the_index_equal_to_the_changing_ta
     assert within_budget(outcome["consumed_rcu"], outcome["seconds"]), outcome
     last = progress_lines(first_log)[-1]
     assert within_budget(last["consumed_rcu"], last["items"] / max(last["items_per_s"], 1e-9))
+
+
+def test_a_sink_with_backfill_on_first_start_is_loaded_once_by_the_worker(
+    tmp_path, dynamodb_local, ddb_table, ddb_client
+):
+    table, _ = ddb_table()
+    rng = random.Random(5)
+    for i in range(300):
+        ddb_client.put_item(TableName=table, Item=item(rng, f"k{i}", 0))
+    with ServerThread(SearchServer()) as server:
+        db = tmp_path / "fanout.db"
+        config = write_config(
+            tmp_path / "fanout.yaml", table, dynamodb_local.endpoint_url, server.url, db
+        )
+        text = config.read_text().replace(
+            "    type: opensearch\n", "    type: opensearch\n    backfill: on_first_start\n"
+        )
+        config.write_text(text)
+        log = tmp_path / "worker.log"
+        worker = WorkerProcess(config, tmp_path / "unused.jsonl", log)
+        try:
+            wait_for(lambda: len(server.documents("orders")) == 300, 30, "the backfill")
+            # changes after it are streamed over the backfilled documents
+            ddb_client.delete_item(TableName=table, Key={"pk": {"S": "k1"}})
+            ddb_client.put_item(TableName=table, Item=item(rng, "k2", 9))
+            expected = table_as_documents(ddb_client, table)
+            wait_for(lambda: index_as_documents(server) == expected, 30, "the changes")
+            assert worker.terminate() == 0
+            # the next start does not load it again
+            worker = WorkerProcess(config, tmp_path / "unused.jsonl", log)
+            wait_for(lambda: log.read_bytes().count(b"worker_started") == 2, 30, "a restart")
+            time.sleep(1.0)
+            assert worker.terminate() == 0
+        except BaseException:
+            worker.proc.kill()
+            print(log.read_text()[-4000:])
+            raise
+    events = [r.get("event") for r in read_lines(log)]
+    assert events.count("backfill_planned") == 1
+    assert events.count("backfill_started") == 1
+    assert events.count("backfill_done") == 1
+    done = next(r for r in read_lines(log) if r.get("event") == "backfill_done")
+    # planned before the sink set was recorded, then taken and run (hence "resumed")
+    assert (done["items"], done["done"], done["resumed"]) == (300, True, True)

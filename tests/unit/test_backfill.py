@@ -4,6 +4,7 @@ stopped and resumed from its saved position."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -250,7 +251,7 @@ async def test_a_segment_resumes_after_its_last_settled_page_and_loses_nothing()
 async def test_a_record_the_sink_refuses_is_dead_lettered_and_the_segment_still_completes() -> None:
     table = FakeTable(200, total_segments=4)
 
-    def refuse_k9(batch: list[Record]) -> Failures:
+    def refuse_k9(batch: Sequence[Record]) -> Failures:
         return {
             i: Failure(False, "mapper_parsing_exception")
             for i, r in enumerate(batch)
