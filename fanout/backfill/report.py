@@ -59,6 +59,7 @@ class ProgressReport:
                 "items": read,
                 "items_settled": settled,
                 "table_items": total,
+                "seconds": round(elapsed, 3),
                 "items_per_s": round(rate, 1),
                 "consumed_rcu": round(backfill.budget.consumed, 1),
                 "rcu_per_s": round(rcu, 2),

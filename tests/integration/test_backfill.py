@@ -168,7 +168,9 @@ def test_a_killed_and_resumed_backfill_leaves_the_index_equal_to_the_changing_ta
 ):
     table, _ = ddb_table()
     rng = random.Random(20261130)
+    began = time.monotonic()
     load_table(ddb_client, table, rng)
+    print(f"loaded {ITEMS} items in {time.monotonic() - began:.1f} s")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with ServerThread(SearchServer()) as server:
         db = tmp_path / "fanout.db"
@@ -209,10 +211,12 @@ def test_a_killed_and_resumed_backfill_leaves_the_index_equal_to_the_changing_ta
             mutator.stop.set()
             mutator.join(10)
             assert mutator.error is None
+            print(f"backfilled at {time.monotonic() - began:.1f} s")
             expected = table_as_documents(ddb_client, table)
             wait_for(
                 lambda: index_as_documents(server) == expected, 60, "the index to equal the table"
             )
+            print(f"caught up at {time.monotonic() - began:.1f} s")
             assert worker.terminate() == 0
         except BaseException:
             mutator.stop.set()
@@ -236,7 +240,8 @@ def test_a_killed_and_resumed_backfill_leaves_the_index_equal_to_the_changing_ta
     assert outcome["consumed_rcu"] > 0
     assert within_budget(outcome["consumed_rcu"], outcome["seconds"]), outcome
     last = progress_lines(first_log)[-1]
-    assert within_budget(last["consumed_rcu"], last["items"] / max(last["items_per_s"], 1e-9))
+    assert last["consumed_rcu"] > 0
+    assert within_budget(last["consumed_rcu"], last["seconds"]), last
 
 
 def test_a_sink_with_backfill_on_first_start_is_loaded_once_by_the_worker(
