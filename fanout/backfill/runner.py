@@ -148,8 +148,8 @@ def pick_stream(config: Config, sinks: list[str], stream: str | None) -> str:
         if config.sinks[name].type in UNSUPPORTED_TYPES:
             raise ConfigError(
                 f"sinks.{name}",
-                f"a backfill cannot load a {config.sinks[name].type} sink "
-                "(its totals are built from changes)",
+                f"a backfill cannot load {config.sinks[name].type} sinks "
+                "(their totals are built from changes, see docs/backfill.md)",
             )
     names = list(config.settings.streams)
     feeding = [s for s in names if all(s in (config.sinks[n].streams or names) for n in sinks)]

@@ -275,3 +275,88 @@ def test_sink_config_backfill_accepts_yaml_off() -> None:
     assert on.backfill == "on_first_start"
     with pytest.raises(ValueError, match="backfill"):
         SinkConfig.model_validate({"type": "x", "backfill": "always"})
+
+
+def _config(tmp_path: Any, sinks: str, streams: str = "orders: {table: Orders}") -> str:
+    path = tmp_path / "app.yaml"
+    path.write_text(
+        f"streams: {{{streams}}}\ncheckpoints: {{path: {tmp_path / 'fanout.db'}}}\nsinks:\n{sinks}"
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("sinks", "streams", "argv", "message"),
+    [
+        ("  out: {type: stdout}\n", None, ["--sink", "nope"], "unknown sink 'nope'"),
+        (
+            "  totals: {type: aggregate, table: Totals, group_by: [pk], measures: {n: count}}\n",
+            None,
+            ["--sink", "totals"],
+            "cannot load aggregate sinks",
+        ),
+        (
+            "  out: {type: stdout}\n",
+            "orders: {table: Orders}, users: {table: Users}",
+            ["--sink", "out"],
+            "pass --stream",
+        ),
+        (
+            "  out: {type: stdout, streams: [users]}\n",
+            "orders: {table: Orders}, users: {table: Users}",
+            ["--sink", "out", "--stream", "orders"],
+            "does not feed",
+        ),
+        ("  out: {type: stdout}\n", None, ["--sink", "out", "--segments", "0"], "1 to 1000"),
+        ("  out: {type: stdout}\n", None, ["--sink", "out", "--max-rcu", "-1"], "above 0"),
+    ],
+)
+def test_fanout_backfill_refuses_bad_arguments_with_exit_code_2(
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+    sinks: str,
+    streams: str | None,
+    argv: list[str],
+    message: str,
+) -> None:
+    from fanout.cli import main
+
+    config = _config(tmp_path, sinks, *([streams] if streams else []))
+    try:
+        code = main(["backfill", "--config", config, *argv])
+    except SystemExit as exc:  # argparse
+        code = int(exc.code or 0)
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "fanout.db").exists()  # refused before touching anything
+
+
+def test_a_backfills_owner_is_gone_when_its_process_is_dead_or_silent() -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from fanout.backfill.runner import STALE_OWNER_S, owner_gone
+
+    host = socket.gethostname()
+    now = 10_000.0
+
+    def row(owner: str | None, owner_at: float) -> Any:
+        from fanout.progress.store import BackfillRow
+
+        return BackfillRow(
+            "b", "orders", "T", "s", 1, 0, 0.0, "cli", owner=owner, owner_at=owner_at
+        )
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert owner_gone(row(None, now), now)
+    assert not owner_gone(row(f"{host}:{os.getpid()}:x", now - 1), now)  # alive, recent
+    assert owner_gone(row(f"{host}:{dead.stdout.strip()}:x", now - 1), now)  # exited
+    assert not owner_gone(row("elsewhere:1:x", now - 1), now)  # another host: by time only
+    assert owner_gone(row("elsewhere:1:x", now - STALE_OWNER_S - 1), now)
