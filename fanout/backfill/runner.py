@@ -125,6 +125,13 @@ def owner_gone(row: BackfillRow, now: float) -> bool:
     return now - row.owner_at > STALE_OWNER_S
 
 
+def first_error(exc: Exception) -> Exception:
+    """The first error inside (nested) exception groups, or ``exc`` itself."""
+    while isinstance(exc, ExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def table_of(config: Config, stream: str) -> str:
     cfg = config.settings.streams[stream]
     if cfg.table:
@@ -329,6 +336,11 @@ class Backfill:
                             segments.start_soon(scan.run)
                     done = True
                     group.cancel_scope.cancel()
+            except Exception as exc:  # a task group's errors: the first one, as itself
+                inner = first_error(exc)
+                if inner is exc:
+                    raise
+                raise inner from exc
             finally:
                 with anyio.CancelScope(shield=True):
                     saved = await self._save(done=done, release=True)

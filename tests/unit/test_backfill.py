@@ -360,3 +360,12 @@ def test_a_backfills_owner_is_gone_when_its_process_is_dead_or_silent() -> None:
     assert owner_gone(row(f"{host}:{dead.stdout.strip()}:x", now - 1), now)  # exited
     assert not owner_gone(row("elsewhere:1:x", now - 1), now)  # another host: by time only
     assert owner_gone(row("elsewhere:1:x", now - STALE_OWNER_S - 1), now)
+
+
+def test_the_first_error_of_nested_exception_groups_is_raised_as_itself() -> None:
+    from fanout.backfill.runner import first_error
+
+    inner = KeyError("k")
+    assert first_error(ExceptionGroup("a", [ExceptionGroup("b", [inner])])) is inner
+    plain = ValueError("v")
+    assert first_error(plain) is plain
