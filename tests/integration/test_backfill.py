@@ -27,9 +27,8 @@ pytestmark = pytest.mark.integration
 
 ITEMS = 20_000
 SEGMENTS = 4
-BUDGET = 100.0  # read capacity units per second
-# One page per segment may be in flight beyond the pace (see fanout.backfill.budget).
-PAGE_SLACK = SEGMENTS * BUDGET * 0.25
+BUDGET = 100.0  # read capacity units per second (the config's)
+FIRST_BUDGET = 50.0  # the first run's --max-rcu
 
 
 def write_config(path: Path, table: str, ddb: str, search: str, db: Path) -> Path:
@@ -148,10 +147,10 @@ class Mutator(threading.Thread):
             self.error = exc
 
 
-def backfill_command(config: Path) -> list[str]:
+def backfill_command(config: Path, *options: str) -> list[str]:
     return [
         sys.executable, "-m", "fanout", "backfill", "--config", str(config), "--sink", "search",
-        "--segments", str(SEGMENTS), "--json",
+        "--segments", str(SEGMENTS), "--json", *options,
     ]  # fmt: skip
 
 
@@ -159,8 +158,10 @@ def progress_lines(log: Path) -> list[dict[str, Any]]:
     return [r for r in read_lines(log) if r.get("event") == "backfill_progress"]
 
 
-def within_budget(consumed: float, seconds: float) -> bool:
-    return consumed <= BUDGET * seconds + PAGE_SLACK
+def within_budget(consumed: float, seconds: float, rate: float) -> bool:
+    # One page per segment may be in flight beyond the pace; pages are sized to a quarter
+    # of a second's budget (see fanout.backfill.budget).
+    return consumed <= rate * seconds + SEGMENTS * rate * 0.25
 
 
 def test_a_killed_and_resumed_backfill_leaves_the_index_equal_to_the_changing_table(
@@ -188,15 +189,31 @@ def test_a_killed_and_resumed_backfill_leaves_the_index_equal_to_the_changing_ta
             # A first run, killed once it has loaded part of the table.
             with first_log.open("wb") as out:
                 first = subprocess.Popen(
-                    backfill_command(config), cwd=REPO, env=env, stdout=out, stderr=out
+                    backfill_command(config, "--max-rcu", str(FIRST_BUDGET)),
+                    cwd=REPO,
+                    env=env,
+                    stdout=out,
+                    stderr=out,
                 )
+                wait_for(lambda: progress_lines(first_log) != [], 60, "the first backfill")
+                # while it runs, another run of the same backfill is refused
+                busy = subprocess.run(
+                    backfill_command(config),
+                    cwd=REPO,
+                    env=env,
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert busy.returncode == 1, busy.stderr.decode()[-2000:]
+                assert b"is running in" in busy.stderr
                 wait_for(
                     lambda: any(p["items_settled"] >= 6000 for p in progress_lines(first_log)),
                     60,
                     "the first backfill to load items",
                 )
                 first.send_signal(signal.SIGKILL)
-                first.wait(timeout=30)
+                assert first.wait(timeout=30) == -signal.SIGKILL  # killed, not finished
             # The second run resumes it.
             second = subprocess.run(
                 backfill_command(config),
@@ -238,14 +255,17 @@ def test_a_killed_and_resumed_backfill_leaves_the_index_equal_to_the_changing_ta
     assert read_lines(tmp_path / "dlq-search.jsonl") == []
     # The Scan kept within its read capacity budget, in both runs.
     assert outcome["consumed_rcu"] > 0
-    assert within_budget(outcome["consumed_rcu"], outcome["seconds"]), outcome
+    assert outcome["read_capacity"] == BUDGET
+    assert within_budget(outcome["consumed_rcu"], outcome["seconds"], BUDGET), outcome
     last = progress_lines(first_log)[-1]
     assert last["consumed_rcu"] > 0
-    assert within_budget(last["consumed_rcu"], last["seconds"]), last
+    assert last["read_capacity"] == FIRST_BUDGET
+    assert within_budget(last["consumed_rcu"], last["seconds"], FIRST_BUDGET), last
 
 
+@pytest.mark.parametrize("store", ["sqlite", "dynamodb"])
 def test_a_sink_with_backfill_on_first_start_is_loaded_once_by_the_worker(
-    tmp_path, dynamodb_local, ddb_table, ddb_client
+    tmp_path, dynamodb_local, ddb_table, ddb_client, store
 ):
     table, _ = ddb_table()
     rng = random.Random(5)
@@ -259,6 +279,15 @@ def test_a_sink_with_backfill_on_first_start_is_loaded_once_by_the_worker(
         text = config.read_text().replace(
             "    type: opensearch\n", "    type: opensearch\n    backfill: on_first_start\n"
         )
+        if store == "dynamodb":
+            lease_table = f"{table}-leases"[:255]
+            text = text.replace(
+                f"checkpoints: {{path: {db}, interval: 300ms}}",
+                f"checkpoints: {{store: dynamodb, table: {lease_table}, create_table: true, "
+                f"endpoint_url: {dynamodb_local.endpoint_url}, region: us-east-1, "
+                "interval: 300ms}",
+            )
+            assert "store: dynamodb" in text
         config.write_text(text)
         log = tmp_path / "worker.log"
         worker = WorkerProcess(config, tmp_path / "unused.jsonl", log)
