@@ -257,6 +257,7 @@ class Worker:
                             self.aws,
                             routes,
                             self.leases.worker_id,
+                            self.metrics,
                         )
                     await self._read_and_drain(clients, routes)
                     # Leases are still renewed here: the last checkpoints are written under

@@ -21,6 +21,7 @@ from fanout.backfill.records import version_time
 from fanout.backfill.runner import Backfill, BackfillError, owner_gone, table_of
 from fanout.config import Config
 from fanout.delivery.route import Route
+from fanout.observe.metrics import Metrics
 from fanout.progress.store import BackfillRow, CheckpointStore
 
 log = logging.getLogger("fanout.backfill")
@@ -90,6 +91,7 @@ async def run_pending(
     aws: AwsClients,
     routes: list[Route],
     owner: str,
+    metrics: Metrics | None = None,
 ) -> None:
     """Run every unfinished worker backfill that nobody runs, one after the other."""
     for state in await store.backfills():
@@ -109,6 +111,7 @@ async def run_pending(
                 owner=owner,
                 routes=routes,
                 backfill_id=row.backfill_id,
+                metrics=metrics,
             )
             outcome = await backfill.run()
         except Exception as exc:  # noqa: BLE001 - the worker goes on; the next start retries

@@ -29,19 +29,16 @@ import anyio
 from fanout.aws.clients import AwsClients
 from fanout.backfill.budget import ReadBudget
 from fanout.backfill.records import RecordMaker, version_time
+from fanout.backfill.routes import build_routes
 from fanout.backfill.segments import SegmentScan, Target
-from fanout.config import Config, SinkConfig
-from fanout.delivery import Route, SinkGate
-from fanout.delivery import deadletter as dead_letters
+from fanout.config import Config
+from fanout.delivery import Route
 from fanout.errors import ConfigError, FanoutError
-from fanout.filters import compile_filters
 from fanout.httpclient import HttpClient
 from fanout.observe.metrics import Metrics
 from fanout.progress.leases import parse_sink_set
 from fanout.progress.open import open_store
 from fanout.progress.store import BackfillRow, BackfillState, CheckpointStore, SegmentRow
-from fanout.retry import RetryPolicy
-from fanout.sink import Sink, SinkContext
 
 log = logging.getLogger("fanout.backfill")
 
@@ -190,6 +187,7 @@ class Backfill:
         backfill_id: the id of a new backfill (default: its start time and stream); a
             worker's ``on_first_start`` backfill has a fixed one, so only one worker
             creates it.
+        metrics: the metric families the deliveries fill (a worker's own; default new).
     """
 
     def __init__(
@@ -206,6 +204,7 @@ class Backfill:
         owner: str | None = None,
         routes: list[Route] | None = None,
         backfill_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.sinks = sorted(set(sinks))
@@ -224,7 +223,7 @@ class Backfill:
         self.store = store if store is not None else open_store(config, self.aws)
         self.on_progress = on_progress
         self.owner = owner or owner_id()
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self.scans: list[SegmentScan] = []
         self.budget = ReadBudget(self.options.read_capacity)
         self.item_count: int | None = None  # the table's ItemCount (approximate)
@@ -285,7 +284,9 @@ class Backfill:
             if self._routes_given is not None:
                 routes = [r for r in self._routes_given if r.name in self.sinks]
             else:
-                routes = await self._routes(stack, http)
+                routes = await build_routes(
+                    self.config, self.sinks, self.aws, http, self.metrics, stack
+                )
             self.scans = [
                 SegmentScan(
                     target,
@@ -417,62 +418,6 @@ class Backfill:
         if claimed is None:
             raise BackfillBusy(f"backfill {backfill_id} exists already")
         return BackfillState(claimed), False
-
-    async def _routes(self, stack: AsyncExitStack, http: HttpClient) -> list[Route]:
-        config = self.config
-        names = list(self.sinks)
-        for name in self.sinks:  # a dead-letter sink is built too
-            dl = config.sinks[name].dead_letter
-            if dl.type == "sink" and dl.sink is not None and dl.sink not in names:
-                names.append(dl.sink)
-        built: dict[str, Sink] = {}
-        gates = {name: SinkGate(config.sinks[name].max_in_flight) for name in names}
-        for name in names:
-            cfg = config.sinks[name]
-            context = SinkContext(
-                metrics=self.metrics,
-                logger=logging.getLogger(f"fanout.sink.{name}"),
-                aws=self.aws,
-                http=http,
-                streams={
-                    s: config.settings.streams[s] for s in cfg.streams or config.settings.streams
-                },
-            )
-            sink = config.sink_type(name).build(name, cfg, context)
-            stack.push_async_callback(sink.stop)
-            await sink.start()
-            built[name] = sink
-        routes = []
-        for name in self.sinks:
-            cfg = config.sinks[name]
-            dead_letter = self._dead_letter(name, cfg, built, gates)
-            stack.push_async_callback(dead_letter.aclose)
-            routes.append(
-                Route(
-                    name=name,
-                    sink=built[name],
-                    config=cfg,
-                    predicate=compile_filters(cfg.filters, path=f"sinks.{name}.filters"),
-                    dead_letter=dead_letter,
-                    backoff=RetryPolicy(cfg.retry.initial_backoff, cfg.retry.max_backoff),
-                    metrics=self.metrics,
-                    gate=gates[name],
-                )
-            )
-        return routes
-
-    def _dead_letter(
-        self, name: str, cfg: SinkConfig, built: dict[str, Sink], gates: dict[str, SinkGate]
-    ) -> dead_letters.DeadLetter:
-        dl = cfg.dead_letter
-        if dl.type == "sink":
-            assert dl.sink is not None
-            return dead_letters.SinkDeadLetter(built[dl.sink], gates[dl.sink])
-        if dl.type == "sqs":
-            from fanout.delivery.deadletter.sqs import SqsDeadLetter
-
-            return SqsDeadLetter.for_sink(self.config, name, self.aws)
-        return dead_letters.FileDeadLetter(self.config.dead_letter_path(name), mode=dl.file_mode)
 
     async def _save_every_interval(self) -> None:
         last: list[SegmentRow] = []
