@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import anyio
 import orjson
 
 from fanout.cli.loader import (
@@ -16,6 +19,8 @@ from fanout.cli.loader import (
     add_config_option,
     load,
 )
+
+T = TypeVar("T")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -63,9 +68,25 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def run(args: argparse.Namespace) -> int:
-    import anyio
+async def _until_signalled(work: Callable[[], Awaitable[T]]) -> T | None:
+    """``work()``, or None when SIGTERM or SIGINT stopped it (it saves its progress and
+    gives the backfill up on the way out)."""
+    result: T | None = None
+    async with anyio.create_task_group() as group:
 
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(watch)
+        result = await work()
+        group.cancel_scope.cancel()
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
     from fanout.backfill.report import ProgressReport
     from fanout.backfill.runner import Backfill, BackfillBusy, BackfillError, Options
     from fanout.errors import ConfigError
@@ -90,7 +111,13 @@ def run(args: argparse.Namespace) -> int:
         backfill = Backfill(
             config, args.sink, stream=args.stream, options=options, on_progress=report
         )
-        outcome = anyio.run(backfill.run)
+        outcome = anyio.run(_until_signalled, backfill.run)
+        if outcome is None:
+            raise CommandError(
+                "backfill stopped by a signal; its progress is saved: run the same command "
+                "to resume it",
+                EXIT_FAILED,
+            )
     except ConfigError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from exc
     except BackfillBusy as exc:

@@ -8,6 +8,7 @@ import base64
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -315,3 +316,57 @@ def test_a_sink_with_backfill_on_first_start_is_loaded_once_by_the_worker(
     done = next(r for r in read_lines(log) if r.get("event") == "backfill_done")
     # planned before the sink set was recorded, then taken and run (hence "resumed")
     assert (done["items"], done["done"], done["resumed"]) == (300, True, True)
+
+
+def test_sigterm_stops_a_backfill_which_saves_its_progress_and_the_next_run_resumes_at_once(
+    tmp_path, dynamodb_local, ddb_table, ddb_client
+):
+    table, _ = ddb_table()
+    rng = random.Random(9)
+    for i in range(400):
+        ddb_client.put_item(TableName=table, Item=item(rng, f"k{i}", 0))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with ServerThread(SearchServer()) as server:
+        config = write_config(
+            tmp_path / "fanout.yaml",
+            table,
+            dynamodb_local.endpoint_url,
+            server.url,
+            tmp_path / "fanout.db",
+        )
+        log = tmp_path / "backfill.log"
+        with log.open("wb") as out:
+            # 2 RCU/s: about 25 items a second, so it is stopped half way
+            run = subprocess.Popen(
+                backfill_command(config, "--max-rcu", "2"),
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=out,
+            )
+            wait_for(
+                lambda: any(p["items_settled"] > 0 for p in progress_lines(log)), 30, "progress"
+            )
+            run.send_signal(signal.SIGTERM)
+            assert run.wait(timeout=30) == 1
+        assert b"stopped by a signal" in log.read_bytes()
+        con = sqlite3.connect(tmp_path / "fanout.db")
+        try:
+            saved = con.execute("SELECT SUM(items) FROM backfill_segments").fetchone()[0]
+            owners = con.execute("SELECT owner, done FROM backfills").fetchall()
+        finally:
+            con.close()
+        assert owners == [(None, 0)]  # given up, not done
+        assert saved > 0
+        # given up on the way out: the next run takes it at once and finishes it
+        began = time.monotonic()
+        rest = subprocess.run(
+            backfill_command(config), cwd=REPO, env=env, capture_output=True, timeout=60
+        )
+        assert rest.returncode == 0, rest.stderr.decode()[-2000:]
+        outcome = orjson.loads(rest.stdout.splitlines()[-1])
+        assert outcome["resumed"] is True
+        assert outcome["items"] == 400 - saved
+        assert outcome["total_items"] == 400
+        assert time.monotonic() - began < 20
+        assert len(server.documents("orders")) == 400
