@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 
 import anyio
@@ -120,6 +120,14 @@ class Worker:
             call=lambda fn: self.checkpoints.call(fn, stream="*"),
         )
         self.checkpoints.on_rejected = self.leases.rejected
+        self._first_start = any(c.backfill == "on_first_start" for c in config.sinks.values())
+        if self._first_start:
+            from fanout.backfill import onstart
+
+            def plan(previous: dict[str, str] | None) -> Awaitable[None]:
+                return onstart.plan(config, self.store, self.aws, previous)
+
+            self.leases.before_record = plan
         self.workers: list[StreamWorker] = []
         self.sinks: dict[str, Sink] = {}
         # One gate per sink, shared by its lanes and by dead-letter writes into it.
@@ -248,6 +256,18 @@ class Worker:
                         self.http_port = await services.start(serve, self)
                     services.start_soon(self.checkpoints.run)
                     services.start_soon(self.leases.run)
+                    if self._first_start:
+                        from fanout.backfill import onstart
+
+                        services.start_soon(
+                            onstart.run_pending,
+                            self.config,
+                            self.store,
+                            self.aws,
+                            routes,
+                            self.leases.worker_id,
+                            self.metrics,
+                        )
                     await self._read_and_drain(clients, routes)
                     # Leases are still renewed here: the last checkpoints are written under
                     # them, then they are released so peers take the shards at once.

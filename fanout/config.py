@@ -449,6 +449,36 @@ class SinkConfig(Model):
     )
     retry: RetryConfig = Field(default_factory=RetryConfig)
     dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+    backfill: Literal["off", "on_first_start"] = Field(
+        "off",
+        description="on_first_start: the first worker that runs this sink for the "
+        "application loads the table's current items into it (see docs/backfill.md).",
+    )
+
+    @field_validator("backfill", mode="before")
+    @classmethod
+    def _backfill_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
+
+class BackfillConfig(Model):
+    """How ``fanout backfill`` (and ``backfill: on_first_start``) scans a table."""
+
+    read_capacity: float = Field(
+        200.0,
+        gt=0,
+        description="Read capacity units per second the Scan may consume (all segments "
+        "together); --max-rcu overrides it.",
+    )
+    segments: int = Field(
+        4, ge=1, le=1000, description="Parallel Scan segments (TotalSegments); --segments."
+    )
+    consistent_read: bool = Field(
+        False, description="Strongly consistent Scan reads (twice the read capacity)."
+    )
+    progress_interval: Duration = Field(
+        5.0, gt=0, description="Seconds between progress lines in the log (not on a terminal)."
+    )
 
 
 class HttpConfig(Model):
@@ -509,6 +539,7 @@ class Settings(BaseSettings):
         "their wire size); shard readers wait for room before reading a page. Bytes or e.g. "
         "'512MiB'. Default: half the container's memory limit, else 512MiB.",
     )
+    backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     shutdown_grace: Duration = Field(
         30.0,
         ge=0,

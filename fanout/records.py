@@ -24,6 +24,19 @@ def approximate_creation_time(record: Record) -> float | None:
     return None
 
 
+def change_time(record: Record) -> float | None:
+    """When the change was seen (epoch s): a backfilled record's read time
+    (``fanout.read_at``), else its ApproximateCreationDateTime. Record age (``max_record_age``)
+    and lag are measured from it; a backfilled record's creation time is its version, set
+    before the backfill started (``docs/backfill.md``)."""
+    marker = record.get("fanout")
+    if isinstance(marker, dict) and marker.get("backfill") is True:
+        read_at = marker.get("read_at")
+        if isinstance(read_at, int | float) and not isinstance(read_at, bool):
+            return float(read_at)
+    return approximate_creation_time(record)
+
+
 def item_key(record: Record) -> bytes:
     """A stable identity of the item the record is about (its Keys), for per-key ordering."""
     return orjson.dumps(record["dynamodb"]["Keys"], option=orjson.OPT_SORT_KEYS)

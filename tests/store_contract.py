@@ -8,11 +8,13 @@ from collections.abc import Awaitable, Callable
 
 from fanout.progress.store import (
     NO_WORKER_ROW,
+    BackfillRow,
     CheckpointRow,
     CheckpointStore,
     Claim,
     LeaseToken,
     Release,
+    SegmentRow,
     WindowState,
     WorkerRow,
 )
@@ -233,6 +235,78 @@ async def a_finished_shard_drops_its_window_states(
     assert await store.load_windows(ARN, "s") == {}
 
 
+def _backfill(backfill_id: str, owner: str | None, owner_at: float) -> BackfillRow:
+    return BackfillRow(
+        backfill_id,
+        "orders",
+        "Orders",
+        "search,totals",
+        4,
+        1_700_000_000,
+        10.0,
+        "cli",
+        owner=owner,
+        owner_at=owner_at,
+    )
+
+
+async def a_backfill_is_created_once_and_taken_over_on_condition(
+    store: CheckpointStore, other: CheckpointStore
+) -> None:
+    first = _backfill("b1", "w1", 100.0)
+    assert await store.claim_backfill(first, None) == first
+    assert await store.claim_backfill(_backfill("b1", "w2", 101.0), None) is None
+    # a take-over holds only while the stored owner and owner_at are the ones seen
+    stale = _backfill("b1", "w1", 99.0)
+    assert await store.claim_backfill(_backfill("b1", "w2", 102.0), stale) is None
+    taken = await store.claim_backfill(_backfill("b1", "w2", 102.0), first)
+    assert taken is not None
+    assert (taken.owner, taken.owner_at, taken.sinks, taken.version_time) == (
+        "w2",
+        102.0,
+        "search,totals",
+        1_700_000_000,
+    )
+    assert taken.sink_names == ["search", "totals"]
+    (state,) = await store.backfills()
+    assert state.row == taken
+    assert state.segments == {}
+    assert await other.backfills() == []  # another application sees none of it
+    assert await store.claim_backfill(_backfill("nope", "w3", 1.0), first) is None
+
+
+async def only_a_backfills_owner_saves_its_progress(
+    store: CheckpointStore, other: CheckpointStore
+) -> None:
+    row = _backfill("b2", "w1", 100.0)
+    await store.claim_backfill(row, None)
+    segments = [
+        SegmentRow("b2", 0, '{"pk":{"S":"k7"}}', 120),
+        SegmentRow("b2", 3, None, 0),
+    ]
+    assert await store.save_backfill("b2", "w1", segments, now=110.0)
+    assert not await store.save_backfill("b2", "w9", [SegmentRow("b2", 0, None, 999)])
+    assert not await store.save_backfill("missing", "w1", [SegmentRow("missing", 0, None, 1)])
+    (state,) = await store.backfills()
+    assert state.row.owner_at == 110.0
+    assert state.segments == {0: segments[0], 3: segments[1]}
+    done = SegmentRow("b2", 0, '{"pk":{"S":"k9"}}', 200, True)
+    assert await store.save_backfill("b2", "w1", [done], done=True, release=True, now=120.0)
+    (state,) = await store.backfills()
+    assert (state.row.done, state.row.owner, state.row.owner_at) == (True, None, 120.0)
+    assert state.segments[0] == done
+    assert not await store.save_backfill("b2", "w1", [])  # released: nobody's to write
+    # released: taken again from no owner, and done is never undone
+    again = await store.claim_backfill(_backfill("b2", "w2", 130.0), state.row)
+    assert again is not None
+    assert (again.owner, again.done) == ("w2", True)
+    assert await store.save_backfill("b2", "w2", [], done=False)
+    assert (await store.backfills())[0].row.done
+    await store.claim_backfill(_backfill("a0", None, 0.0), None)
+    assert [s.row.backfill_id for s in await store.backfills()] == ["a0", "b2"]
+    assert (await store.scan()).shards == []  # backfills are not shard rows
+
+
 CHECKS: list[Callable[[CheckpointStore, CheckpointStore], Awaitable[None]]] = [
     checkpoints_keep_sequence_and_finished,
     stream_start_is_stored_once_per_application,
@@ -247,4 +321,6 @@ CHECKS: list[Callable[[CheckpointStore, CheckpointStore], Awaitable[None]]] = [
     window_states_are_written_only_with_their_checkpoint,
     a_large_window_state_round_trips,
     a_finished_shard_drops_its_window_states,
+    a_backfill_is_created_once_and_taken_over_on_condition,
+    only_a_backfills_owner_saves_its_progress,
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``fanout run|validate|schema|status|dlq|import``."""
+"""Command line: ``fanout run|validate|schema|status|dlq|import|backfill``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import orjson
 
 from fanout import __version__
-from fanout.cli import dlq, importer, status
+from fanout.cli import backfill, dlq, importer, status
 from fanout.cli.loader import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_parser(sub)
     status.add_parser(sub)
     importer.add_parser(sub)
+    backfill.add_parser(sub)
     return parser
 
 
@@ -85,6 +86,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return status.run(args)
         if args.command == "import":
             return importer.run(args)
+        if args.command == "backfill":
+            return backfill.run(args)
         if args.command == "validate":
             config, _ = load(args)
             for note in config.notes:

@@ -29,7 +29,7 @@ from fanout.delivery.route import Route
 from fanout.delivery.telemetry import LaneTelemetry
 from fanout.isolation import contained, own_cancellation
 from fanout.progress.tracker import ShardProgress, Ticket
-from fanout.records import Record, approximate_creation_time, item_key
+from fanout.records import Record, change_time, item_key
 from fanout.sink import Failures
 
 
@@ -209,7 +209,7 @@ class Lane:
         again: Pristine | None = None
         if route.private:
             again = Pristine(batch, segments)
-        created = approximate_creation_time(batch[0])
+        created = change_time(batch[0])
         # The hot path: one call (straight to the sink while its gate is idle), no failures.
         if route.gate.idle:
             failures, exc = await self._call(batch)

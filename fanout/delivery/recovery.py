@@ -48,7 +48,7 @@ from fanout.delivery.gate import retry_after
 from fanout.delivery.giveup import DeadLetterWriter
 from fanout.delivery.route import Route
 from fanout.delivery.telemetry import LaneTelemetry
-from fanout.records import Record, approximate_creation_time
+from fanout.records import Record, change_time
 from fanout.sink import Failure, Failures
 
 log = logging.getLogger("fanout.dispatch")
@@ -252,9 +252,7 @@ class Recovery:
         if not failures:
             state.progress = True
             self._health.works()
-            self._telemetry.count_delivered(
-                len(piece), approximate_creation_time(self.batch[piece[0]])
-            )
+            self._telemetry.count_delivered(len(piece), change_time(self.batch[piece[0]]))
             return
         state.asked(retry_after(failures))
         healthy = len(failures) < len(piece) or any(not f.retryable for f in failures.values())
@@ -283,7 +281,7 @@ class Recovery:
             return f"gave up after {attempts} attempts"
         limit = policy.max_record_age
         if limit != -1:
-            created = approximate_creation_time(self.batch[i])
+            created = change_time(self.batch[i])
             if created is not None and now - created > limit:
                 return f"record older than max_record_age ({limit:g}s)"
         return None
@@ -334,7 +332,7 @@ class Recovery:
             else:
                 keep.append(i)
         self._telemetry.count_delivered(
-            len(piece) - len(failures), approximate_creation_time(self.batch[piece[0]])
+            len(piece) - len(failures), change_time(self.batch[piece[0]])
         )
         if keep:
             self._pending.append(keep)
@@ -353,7 +351,7 @@ class Recovery:
             failure = failures[position]
             if not failure.retryable:
                 state.give_ups.append((piece[position], PERMANENT_FAILURE, failure.reason))
-        sample = approximate_creation_time(self.batch[piece[0]])
+        sample = change_time(self.batch[piece[0]])
         if first is None:  # only permanent failures: everything else was delivered
             self._telemetry.count_delivered(len(piece) - len(failures), sample)
             return None

@@ -14,6 +14,9 @@ Window states of ``tumbling_window`` sinks are in their own partition,
 ``windows#<application>`` (``fanout.progress.dynamodb_windows``).
 
 So one ``Query`` on the application's partition reads everything a lease cycle needs.
+Backfills live in a partition of their own, ``app#<application>#backfill``, so lease scans
+never read them: ``backfill#<id>`` (what it loads, its version time, its owner) and
+``backfill#<id>#<segment>`` (how far the segment is settled).
 Conditional writes are ``UpdateItem`` with a ``ConditionExpression``; a take of an expired
 lease is a ``TransactWriteItems`` of that update and a ``ConditionCheck`` on the owner's
 worker row (its heartbeat unchanged). Calls go through the process's aiobotocore clients.
@@ -37,11 +40,14 @@ from fanout.errors import CheckpointError
 from fanout.progress.dynamodb_windows import assemble, shard_prefix, window_puts, windows_pk
 from fanout.progress.store import (
     NO_WORKER_ROW,
+    BackfillRow,
+    BackfillState,
     Checkpoint,
     CheckpointRow,
     Claim,
     LeaseToken,
     Release,
+    SegmentRow,
     Snapshot,
     WindowState,
     WorkerRow,
@@ -128,6 +134,7 @@ class DynamoDBCheckpointStore:
         self.endpoint_url = endpoint_url
         self.create_table = create_table
         self.pk = f"app#{application}"
+        self.backfill_pk = f"app#{application}#backfill"
         self._client: Any = None
         self._sync_client: Any = None
         # Seconds a heartbeat request may take (connect and read) before it counts as failed.
@@ -727,3 +734,202 @@ class DynamoDBCheckpointStore:
             )
         except _Rejected as exc:  # no condition
             raise CheckpointError(str(exc)) from exc
+
+    # -- backfills --------------------------------------------------------------------------
+
+    def _backfill_key(self, sk: str) -> dict[str, Any]:
+        return {"pk": _s(self.backfill_pk), "sk": _s(sk)}
+
+    @staticmethod
+    def _backfill_row(item: dict[str, Any]) -> BackfillRow:
+        done = item.get("done")
+        return BackfillRow(
+            backfill_id=str(item["sk"]["S"]).removeprefix("backfill#"),
+            stream=_str(item, "stream") or "",
+            table=_str(item, "table_name") or "",
+            sinks=_str(item, "sinks") or "",
+            segments=int(_num(item, "segments")),
+            version_time=int(_num(item, "version_time")),
+            created_at=_num(item, "created_at"),
+            origin=_str(item, "origin") or "",
+            done=bool(done["BOOL"]) if done else False,
+            owner=_str(item, "owner"),
+            owner_at=_num(item, "owner_at"),
+        )
+
+    @_counted
+    async def backfills(self) -> list[BackfillState]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "ConsistentRead": True,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {":pk": _s(self.backfill_pk), ":prefix": _s("backfill#")},
+        }
+        items: list[dict[str, Any]] = []
+        while True:
+            try:
+                page = await self._call("query", **kwargs)
+            except _Rejected as exc:  # a query has no condition
+                raise CheckpointError(str(exc)) from exc
+            items.extend(page.get("Items", []))
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                break
+            kwargs["ExclusiveStartKey"] = last
+        states: dict[str, BackfillState] = {}
+        segments: list[SegmentRow] = []
+        for item in items:
+            rest = str(item["sk"]["S"]).removeprefix("backfill#")
+            backfill_id, _, segment = rest.partition("#")
+            if not segment:
+                states[backfill_id] = BackfillState(self._backfill_row(item))
+                continue
+            done = item.get("done")
+            segments.append(
+                SegmentRow(
+                    backfill_id,
+                    int(segment),
+                    _str(item, "position"),
+                    int(_num(item, "items")),
+                    bool(done["BOOL"]) if done else False,
+                )
+            )
+        for seg in segments:
+            state = states.get(seg.backfill_id)
+            if state is not None:
+                state.segments[seg.segment] = seg
+        return [states[key] for key in sorted(states)]
+
+    @_counted
+    async def claim_backfill(
+        self, row: BackfillRow, expected: BackfillRow | None
+    ) -> BackfillRow | None:
+        names = {"#own": "owner", "#at": "owner_at"}
+        values: dict[str, Any] = {":at": _n(float(row.owner_at))}
+        sets = ["#at = :at"]
+        removes: list[str] = []
+        if row.owner is None:
+            removes.append("#own")
+        else:
+            sets.append("#own = :own")
+            values[":own"] = _s(row.owner)
+        if expected is None:
+            condition = "attribute_not_exists(pk)"
+            fields = {
+                "stream": _s(row.stream),
+                "table_name": _s(row.table),
+                "sinks": _s(row.sinks),
+                "segments": _n(row.segments),
+                "version_time": _n(row.version_time),
+                "created_at": _n(float(row.created_at)),
+                "origin": _s(row.origin),
+                "done": {"BOOL": row.done},
+            }
+            for i, (name, value) in enumerate(fields.items()):
+                names[f"#f{i}"] = name
+                values[f":f{i}"] = value
+                sets.append(f"#f{i} = :f{i}")
+        else:
+            values[":was_at"] = _n(float(expected.owner_at))
+            if expected.owner is None:
+                condition = "attribute_not_exists(#own) AND #at = :was_at"
+            else:
+                condition = "#own = :was AND #at = :was_at"
+                values[":was"] = _s(expected.owner)
+        expression = "SET " + ", ".join(sets)
+        if removes:
+            expression += " REMOVE " + ", ".join(removes)
+        try:
+            answer = await self._call(
+                "update_item",
+                TableName=self.table,
+                Key=self._backfill_key(f"backfill#{row.backfill_id}"),
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except _Rejected:
+            return None
+        return self._backfill_row(answer["Attributes"])
+
+    @_counted
+    async def save_backfill(
+        self,
+        backfill_id: str,
+        owner: str,
+        segments: Sequence[SegmentRow],
+        *,
+        done: bool = False,
+        release: bool = False,
+        now: float | None = None,
+    ) -> bool:
+        when = time.time() if now is None else now
+        sets = ["#at = :at"]
+        values: dict[str, Any] = {":at": _n(float(when)), ":me": _s(owner)}
+        names = {"#own": "owner", "#at": "owner_at"}
+        if done:
+            sets.append("#done = :true")
+            values[":true"] = {"BOOL": True}
+            names["#done"] = "done"
+        expression = "SET " + ", ".join(sets) + (" REMOVE #own" if release else "")
+        job = {
+            "Update": {
+                "TableName": self.table,
+                "Key": self._backfill_key(f"backfill#{backfill_id}"),
+                "UpdateExpression": expression,
+                "ConditionExpression": "#own = :me",
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+        }
+        rows = [
+            {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": self._backfill_key(f"backfill#{backfill_id}#{seg.segment:07d}"),
+                    "UpdateExpression": "SET #items = :items, #done = :done"
+                    + (", #pos = :pos" if seg.position is not None else " REMOVE #pos"),
+                    "ExpressionAttributeNames": {
+                        "#items": "items",
+                        "#done": "done",
+                        "#pos": "position",
+                    },
+                    "ExpressionAttributeValues": {
+                        ":items": _n(seg.items),
+                        ":done": {"BOOL": seg.done},
+                        **({":pos": _s(seg.position)} if seg.position is not None else {}),
+                    },
+                }
+            }
+            for seg in segments
+        ]
+        # One transaction per 99 segments, each conditional on the owner: a save that
+        # returned True was written while this owner ran the backfill. The job row goes
+        # last, so a release or done is written with the last segments.
+        chunks = [rows[i : i + 99] for i in range(0, len(rows), 99)] or [[]]
+        try:
+            for i, chunk in enumerate(chunks):
+                last = i == len(chunks) - 1
+                head = job if last else _condition_only(job)
+                await self._call("transact_write_items", TransactItems=[*chunk, head])
+        except _Rejected:
+            return False
+        return True
+
+
+def _condition_only(job: dict[str, Any]) -> dict[str, Any]:
+    """The owner condition of a backfill's row, refreshing only its ``owner_at``."""
+    update = job["Update"]
+    return {
+        "Update": {
+            **update,
+            "UpdateExpression": "SET #at = :at",
+            "ExpressionAttributeNames": {"#own": "owner", "#at": "owner_at"},
+            "ExpressionAttributeValues": {
+                ":at": update["ExpressionAttributeValues"][":at"],
+                ":me": update["ExpressionAttributeValues"][":me"],
+            },
+        }
+    }

@@ -301,6 +301,11 @@ class LeaseCoordinator:
         self.store = store
         self.metrics = metrics
         self.sinks = sink_set_text(sinks)
+        # The sink set recorded before this worker started (None: the first start).
+        self.previous_sinks: dict[str, str] | None = None
+        # Called with it before this worker's sink set is recorded (``backfill:
+        # on_first_start`` plans its backfills there).
+        self.before_record: Callable[[dict[str, str] | None], Awaitable[None]] | None = None
         self.timing = timing or LeaseTiming()
         self.group_size = group_size
         self.worker_id = worker_id or new_worker_id()
@@ -356,6 +361,10 @@ class LeaseCoordinator:
         snap = await self._startup_call(self.store.scan)
         assert isinstance(snap, Snapshot)
         await self._check_sinks(snap)
+        self.previous_sinks = parse_sink_set(snap.sinks) if snap.sinks else None
+        hook, previous = self.before_record, self.previous_sinks
+        if hook is not None:
+            await self._startup_call(lambda: hook(previous))
         if snap.sinks != self.sinks:
             if snap.sinks:
                 before, after = parse_sink_set(snap.sinks), parse_sink_set(self.sinks)

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fanout.progress.store import NO_WORKER_ROW, Checkpoint, CheckpointRow, Claim, Release
+from fanout.progress.store import (
+    NO_WORKER_ROW,
+    BackfillRow,
+    Checkpoint,
+    CheckpointRow,
+    Claim,
+    Release,
+)
 
 
 def new_row(stream_arn: str, shard_id: str, now: float) -> Checkpoint:
@@ -73,4 +80,40 @@ def request_handoff(old: Checkpoint | None, owner: str, counter: int, to: str) -
     return replace(old, handoff_to=to)
 
 
-__all__ = ["NO_WORKER_ROW", "checkpoint", "new_row", "release", "request_handoff", "take"]
+def claim_backfill(
+    old: BackfillRow | None, row: BackfillRow, expected: BackfillRow | None
+) -> BackfillRow | None:
+    """Create a backfill (``expected`` None: only while none has its id), or take it over
+    (only while it has ``expected``'s owner and ``owner_at``)."""
+    if expected is None:
+        return row if old is None else None
+    if old is None or (old.owner, old.owner_at) != (expected.owner, expected.owner_at):
+        return None
+    return replace(old, owner=row.owner, owner_at=row.owner_at)
+
+
+def save_backfill(
+    old: BackfillRow | None, owner: str, *, done: bool, release: bool, now: float
+) -> BackfillRow | None:
+    """Progress of a backfill, written by its owner only: ``owner_at``, ``done`` (never
+    undone), and with ``release`` no owner any more."""
+    if old is None or old.owner != owner:
+        return None
+    return replace(
+        old,
+        done=old.done or done,
+        owner=None if release else owner,
+        owner_at=now,
+    )
+
+
+__all__ = [
+    "NO_WORKER_ROW",
+    "checkpoint",
+    "claim_backfill",
+    "new_row",
+    "release",
+    "request_handoff",
+    "save_backfill",
+    "take",
+]

@@ -13,6 +13,8 @@ per-shard checkpoints it holds what the workers of an application coordinate thr
 * the application's **sink set**, as the last worker started recorded it;
 * the **window states** of a shard (``WindowState``: a ``tumbling_window`` handler sink's
   open window and its state), written with the shard's checkpoint in one transaction.
+* its **backfills** (``fanout backfill``, ``backfill: on_first_start``): per backfill, what
+  it loads and who runs it, and per Scan segment how far its settled pages reach.
 
 ``fanout.progress.leases`` holds the rules built on these operations; ``docs/leases.md``
 the protocol and its timing.
@@ -198,6 +200,73 @@ class Release:
     to: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BackfillRow:
+    """One backfill of the application: which table it scans into which sinks, its records'
+    version time, and who runs it (``fanout.backfill``; ``docs/backfill.md``).
+
+    Attributes:
+        backfill_id: unique within the application (letters, digits, ``.``, ``_``, ``-``).
+        stream: the configured stream whose table is scanned.
+        table: the table.
+        sinks: the sinks it loads, names joined by commas.
+        segments: Scan segments (``TotalSegments``).
+        version_time: the ``ApproximateCreationDateTime`` its records carry (epoch s): its
+            first start, minus the clock margin. Kept for good, so a resumed backfill writes
+            the same stamps.
+        created_at: when it was created (epoch s).
+        origin: ``cli`` (``fanout backfill``) or ``worker`` (``backfill: on_first_start``).
+        done: every segment settled (or the backfill was abandoned).
+        owner: the process running it (a worker id), None when nobody does.
+        owner_at: when the owner last wrote (epoch s, the owner's clock).
+    """
+
+    backfill_id: str
+    stream: str
+    table: str
+    sinks: str
+    segments: int
+    version_time: int
+    created_at: float
+    origin: str
+    done: bool = False
+    owner: str | None = None
+    owner_at: float = 0.0
+
+    @property
+    def sink_names(self) -> list[str]:
+        """The sinks it loads."""
+        return [name for name in self.sinks.split(",") if name]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    """How far one Scan segment of a backfill is settled.
+
+    Attributes:
+        backfill_id: the backfill.
+        segment: the segment number (0 to ``segments - 1``).
+        position: the ``LastEvaluatedKey`` after the last page whose records are all settled,
+            as JSON; None: from the segment's start.
+        items: items of the segment read up to that page.
+        done: the segment was read to its end and every record settled.
+    """
+
+    backfill_id: str
+    segment: int
+    position: str | None
+    items: int
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillState:
+    """A backfill and its segments' progress (segments never written are absent)."""
+
+    row: BackfillRow
+    segments: dict[int, SegmentRow] = field(default_factory=dict)
+
+
 class CheckpointStore(Protocol):
     """Durable per-shard checkpoints and leases of one application, the stored start time of
     each stream, and the application's worker rows and sink set.
@@ -305,4 +374,35 @@ class CheckpointStore(Protocol):
 
     async def record_sinks(self, sinks: str) -> None:
         """Record the application's sink set (``name=type`` joined by commas)."""
+        ...
+
+    # -- backfills --------------------------------------------------------------------------
+
+    async def backfills(self) -> list[BackfillState]:
+        """Every backfill of the application with its segments, ordered by id."""
+        ...
+
+    async def claim_backfill(
+        self, row: BackfillRow, expected: BackfillRow | None
+    ) -> BackfillRow | None:
+        """Create ``row`` (``expected`` None: only while no backfill has its id), or take the
+        stored one over (only while it still has ``expected``'s owner and ``owner_at``: its
+        owner and ``owner_at`` become ``row``'s, nothing else changes). Returns the stored
+        row, or None when the condition failed."""
+        ...
+
+    async def save_backfill(
+        self,
+        backfill_id: str,
+        owner: str,
+        segments: Sequence[SegmentRow],
+        *,
+        done: bool = False,
+        release: bool = False,
+        now: float | None = None,
+    ) -> bool:
+        """While ``owner`` runs the backfill: write ``segments``, set its ``owner_at`` to
+        ``now`` (default: the time), mark it ``done`` (never undone), and with ``release``
+        give it up (no owner). False, with nothing written, when it has another owner or
+        none."""
         ...

@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 
 from fanout.errors import SinkUnavailable
-from fanout.records import Record
+from fanout.records import Record, change_time
 from fanout.sink import Failure, Failures, SinkContext
 from sinks.opensearch.actions import Action, Planner
 from sinks.opensearch.client import NDJSON, OpenSearchError, Transport
@@ -103,7 +103,7 @@ class OpenSearchSink:
         # The HTTP session and AWS credentials belong to the worker; nothing else is open.
         return None
 
-    def _audit(self, actions: Sequence[Action]) -> None:
+    def _audit(self, batch: Sequence[Record], actions: Sequence[Action]) -> None:
         """Count stamps that do not grow per item in stream order (an assumption of the
         version design) and changes older than the known tombstone retention."""
         last: dict[tuple[str, str], Stamp] = {}
@@ -124,7 +124,12 @@ class OpenSearchSink:
         retention = self.indexes.retention
         if retention is not None:
             horizon = time.time() - retention
-            old = sum(1 for a in actions if a.primary and a.stamp[0] < horizon)
+            # A backfilled record's age runs from its read, not from its version time.
+            old = sum(
+                1
+                for a in actions
+                if a.primary and (change_time(batch[a.record]) or a.stamp[0]) < horizon
+            )
             if old:
                 self.metrics.past_retention.inc(old)
                 now = time.monotonic()
@@ -150,7 +155,7 @@ class OpenSearchSink:
         if self.indexes.needed:
             for index in self.indexes.missing({a.index for a in actions}):
                 await self.indexes.prepare(index)
-        self._audit(actions)
+        self._audit(batch, actions)
         chunks = list(self._chunks(actions))
         for n, chunk in enumerate(chunks):
             try:

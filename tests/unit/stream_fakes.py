@@ -33,11 +33,14 @@ from fanout.observe.metrics import Metrics
 from fanout.progress import rules
 from fanout.progress.store import (
     NO_WORKER_ROW,
+    BackfillRow,
+    BackfillState,
     Checkpoint,
     CheckpointRow,
     Claim,
     LeaseToken,
     Release,
+    SegmentRow,
     Snapshot,
     WindowState,
     WorkerRow,
@@ -443,6 +446,8 @@ class MemoryCheckpointStore:
         self.fail_ops: set[str] | None = None
         self.opened = self.closed = False
         self._application = application
+        self.backfill_rows: dict[str, BackfillRow] = {}
+        self.segment_rows: dict[tuple[str, int], SegmentRow] = {}
 
     @property
     def application(self) -> str:
@@ -585,6 +590,44 @@ class MemoryCheckpointStore:
     async def record_sinks(self, sinks: str) -> None:
         self._maybe_fail("record_sinks")
         self.sinks = sinks
+
+    async def backfills(self) -> list[BackfillState]:
+        self._maybe_fail("backfills")
+        states = {key: BackfillState(row) for key, row in sorted(self.backfill_rows.items())}
+        for (backfill_id, segment), seg in sorted(self.segment_rows.items()):
+            if backfill_id in states:
+                states[backfill_id].segments[segment] = seg
+        return list(states.values())
+
+    async def claim_backfill(
+        self, row: BackfillRow, expected: BackfillRow | None
+    ) -> BackfillRow | None:
+        self._maybe_fail("claim_backfill")
+        new = rules.claim_backfill(self.backfill_rows.get(row.backfill_id), row, expected)
+        if new is not None:
+            self.backfill_rows[row.backfill_id] = new
+        return new
+
+    async def save_backfill(
+        self,
+        backfill_id: str,
+        owner: str,
+        segments: Sequence[SegmentRow],
+        *,
+        done: bool = False,
+        release: bool = False,
+        now: float | None = None,
+    ) -> bool:
+        self._maybe_fail("save_backfill")
+        when = time.time() if now is None else now
+        old = self.backfill_rows.get(backfill_id)
+        new = rules.save_backfill(old, owner, done=done, release=release, now=when)
+        if new is None:
+            return False
+        self.backfill_rows[backfill_id] = new
+        for seg in segments:
+            self.segment_rows[(backfill_id, seg.segment)] = seg
+        return True
 
     def get(self, stream_arn: str, shard_id: str) -> Checkpoint | None:
         return self.rows.get((stream_arn, shard_id))

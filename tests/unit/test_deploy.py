@@ -339,7 +339,7 @@ def test_python_m_fanout_help_lists_every_command():
         [sys.executable, "-m", "fanout", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    for command in ("run", "validate", "status", "schema"):
+    for command in ("run", "validate", "status", "schema", "dlq", "import", "backfill"):
         assert command in result.stdout
 
 
@@ -678,6 +678,16 @@ def test_the_iam_policy_is_least_privilege_with_a_sid_per_purpose():
     stream = next(s for s in statements if "dynamodb:GetRecords" in s["Action"])
     assert all(r.endswith("/stream/*") for r in stream["Resource"])
     assert not any(a.startswith("dynamodb:") and "Write" in a for a in actions["ReadTableStream"])
+
+
+def test_the_backfill_statement_grants_exactly_what_fanout_backfill_calls_on_the_table():
+    policy = json.loads((DEPLOY / "iam-policy.json").read_text())
+    (statement,) = [s for s in policy["Statement"] if s["Sid"] == "BackfillScan"]
+    source = "\n".join(path.read_text() for path in (REPO / "fanout" / "backfill").glob("*.py"))
+    calls = set(re.findall(r"ddb\.(\w+)\b", source))
+    assert calls == {"describe_table", "scan"}
+    assert set(statement["Action"]) == {"dynamodb:DescribeTable", "dynamodb:Scan"}
+    assert statement["Resource"] == ["arn:aws:dynamodb:REGION:ACCOUNT_ID:table/TABLE_NAME"]
 
 
 def test_the_lease_table_statements_grant_exactly_what_the_store_calls():
