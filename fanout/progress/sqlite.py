@@ -89,6 +89,7 @@ CREATE TABLE IF NOT EXISTS window_states (
     state BLOB NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (application, stream_arn, shard_id, sink)
+);
 CREATE TABLE IF NOT EXISTS backfills (
     application TEXT NOT NULL,
     backfill_id TEXT NOT NULL,
