@@ -100,8 +100,15 @@ def checkpoints(db: Path) -> dict[str, int]:
         con.close()
 
 
-def change(ddb_client, table: str, rng: random.Random, versions: dict[str, int], keys: int) -> None:
-    key = f"k{rng.randrange(keys)}"
+def change(
+    ddb_client,
+    table: str,
+    rng: random.Random,
+    versions: dict[str, int],
+    keys: int,
+    among: list[int] | None = None,
+) -> None:
+    key = f"k{rng.choice(among) if among else rng.randrange(keys)}"
     if key in versions and rng.random() < 0.15:
         ddb_client.delete_item(TableName=table, Key={"pk": {"S": key}})
         del versions[key]
@@ -115,6 +122,31 @@ def change(ddb_client, table: str, rng: random.Random, versions: dict[str, int],
             "pad": {"S": "x" * rng.randrange(50)},
         },
     )
+
+
+def write_changes(
+    ddb_client,
+    table: str,
+    count: int,
+    versions: dict[str, int],
+    *,
+    seed: int,
+    keys: int,
+    writers: int = 4,
+) -> None:
+    """``count`` random puts and deletes over ``keys`` keys, from ``writers`` threads that
+    each own a share of the keys (so each key's changes are written in order). ``versions``
+    (each key's last version, kept across calls) makes every put a change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def writer(lane: int) -> None:
+        rng = random.Random(seed * 100 + lane)
+        mine = [k for k in range(keys) if k % writers == lane]
+        for _ in range(count // writers + (1 if lane < count % writers else 0)):
+            change(ddb_client, table, rng, versions, keys, among=mine)
+
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(writer, range(writers)))
 
 
 def assert_in_order_per_key(delivered: list[dict[str, Any]], truth: list[dict[str, Any]]) -> None:
@@ -139,18 +171,18 @@ def test_sigkill_twice_mid_stream_loses_nothing(tmp_path, dynamodb_local, ddb_ta
     streams = boto3.client("dynamodbstreams", endpoint_url=dynamodb_local.endpoint_url)
     config = write_config(tmp_path, table, dynamodb_local.endpoint_url)
     out, audit, db = tmp_path / "lambda.jsonl", tmp_path / "audit.jsonl", tmp_path / "fanout.db"
-    rng = random.Random(11)
-    versions: dict[str, int] = {}
     total, keys = 5000, 300
 
     # (lines delivered to the handler before the kill, checkpoint after the kill)
     kills: list[tuple[int, dict[str, int]]] = []
     worker = WorkerProcess(config, out, tmp_path / "worker.log")
-    for i in range(total):
-        change(ddb_client, table, rng, versions, keys)
-        if i in (1500, 3300):
+    written, versions = 0, dict[str, int]()
+    for seed, upto in enumerate((1500, 3300, total)):
+        write_changes(ddb_client, table, upto - written, versions, seed=seed, keys=keys)
+        written = upto
+        if upto < total:
             # Let it get some way into the stream, then kill it without warning.
-            half = i // 2
+            half = upto // 2
             wait_for(lambda: len(read_lines(out)) > half, 60, "deliveries before the kill")  # noqa: B023
             worker.kill()
             kills.append((len(read_lines(out)), checkpoints(db)))
