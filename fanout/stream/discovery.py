@@ -29,7 +29,7 @@ from anyio.abc import TaskGroup
 from fanout.delivery import ShardDispatch
 from fanout.errors import FanoutError, SourceError, StreamNotFound
 from fanout.observe.metrics import GET_RECORDS_OUTCOMES
-from fanout.progress.leases import HeldLease
+from fanout.progress.renewals import HeldLease
 from fanout.progress.store import Checkpoint, CheckpointRow
 from fanout.progress.tracker import ShardProgress
 from fanout.stream.api import Shard, retry_call
