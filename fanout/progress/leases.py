@@ -32,8 +32,9 @@ The protocol (``docs/leases.md`` has it with its timing and cost):
 
 The coordinator is here; the pieces it is built from: ``renewals`` (lease timing and
 validity), ``heartbeat`` (the renewal thread), ``workers`` (peers' liveness and expired
-leases), ``balance`` (the balancing policy), ``holdings`` (the leases held, their metrics)
-and ``sinkset`` (the start-up check of the sink set), all in ``fanout.progress``.
+leases), ``balance`` (the balancing policy), ``taking`` (takes through the store),
+``holdings`` (the leases held, their metrics) and ``sinkset`` (the start-up check of the
+sink set), all in ``fanout.progress``.
 
 Why a heartbeat per worker rather than a renewal per lease (as the KCL does): the same
 safety for 1,080 writes per worker-hour instead of 1,080 per shard-hour at the default
@@ -53,7 +54,7 @@ from anyio.abc import TaskGroup
 
 from fanout.errors import FanoutError
 from fanout.observe.metrics import Metrics
-from fanout.progress.balance import Asked, LeaseSubscriber, Share, StreamView, share, steal
+from fanout.progress.balance import LeaseSubscriber, StreamView
 from fanout.progress.heartbeat import Heartbeat
 from fanout.progress.holdings import Holdings
 from fanout.progress.renewals import HeldLease, LeaseTiming, Renewals
@@ -67,6 +68,7 @@ from fanout.progress.store import (
     Release,
     Snapshot,
 )
+from fanout.progress.taking import Taker
 from fanout.progress.workers import Peers, new_worker_id
 
 log = logging.getLogger("fanout.leases")
@@ -129,12 +131,13 @@ class LeaseCoordinator:
             leases=lambda: len(self.held),
             on_failure=self._renew_failed,
         )
-        self._taking = True
         self._closing = False  # release_all began: cycles change nothing any more
         self._wake = anyio.Event()
         self._tasks: TaskGroup | None = None
         self._rng = random.Random()
-        self._take_lock = anyio.Lock()
+        self.taker = Taker(
+            store, self.worker_id, self.timing, self.renewals, self.peers, self.holdings, self._rng
+        )
 
     # -- views ------------------------------------------------------------------------------
 
@@ -209,12 +212,12 @@ class LeaseCoordinator:
 
     def stop_taking(self) -> None:
         """Take no more leases (a shutdown began); renewals go on until ``release_all``."""
-        self._taking = False
+        self.taker.taking = False
 
     async def release_all(self) -> None:
         """Release every lease still held and remove this worker's row (shutdown, after the
         last checkpoints were written), so peers take the shards at once."""
-        self._taking = False
+        self.taker.taking = False
         self._closing = True
         await self.heartbeat.stop()  # no heartbeat may re-create the row removed below
         leases = [h for h in self.held.values() if not h.lost]
@@ -300,7 +303,7 @@ class LeaseCoordinator:
         """Take the leases of shards this worker may read at once: the children of a shard
         it finished (nobody else can have started them yet)."""
         view = self._streams.get(stream_arn)
-        if view is None or not self._taking or not shard_ids:
+        if view is None or not self.taker.taking or not shard_ids:
             return
         try:
             rows = await self.store.ensure(stream_arn, list(shard_ids))
@@ -318,8 +321,8 @@ class LeaseCoordinator:
             if not row.finished and row.owner is None and (stream_arn, sid) not in self.held
         ]
         claims = claims[: max(0, view.subscriber.capacity())]
-        async with self._take_lock:
-            await self._take(view, claims, now, reason="children")
+        async with self.taker.lock:
+            await self.taker.take(view, claims, now, reason="children")
 
     # -- the cycle --------------------------------------------------------------------------
 
@@ -378,10 +381,10 @@ class LeaseCoordinator:
             rows = by_stream.get(arn, {})
             view.subscriber.observed(rows)
             await self._hand_over_asked(view, rows)
-        if self._taking and self._may_take(now):
+        if self.taker.taking and self._may_take(now):
             for arn, view in list(self._streams.items()):
-                async with self._take_lock:
-                    await self._balance(view, by_stream.get(arn, {}), now)
+                async with self.taker.lock:
+                    await self.taker.balance(view, by_stream.get(arn, {}), now)
         await self._forget_dead_workers(snap, now)
         self.holdings.update_gauges()
 
@@ -412,163 +415,6 @@ class LeaseCoordinator:
             and self.renewals.valid(self.renewals.epoch)
             and now + self.timing.renew_interval / 2 < self.renewals.valid_until
         )
-
-    # -- taking and balancing ---------------------------------------------------------------
-
-    async def _balance(self, view: StreamView, rows: dict[str, Checkpoint], now: float) -> None:
-        sub = view.subscriber
-        arn = sub.stream_arn
-        wanted = {sid for sid in sub.wanted() if (arn, sid) not in self.held}
-        missing = [sid for sid in wanted if sid not in rows]
-        if missing:
-            try:
-                rows = {**rows, **await self.store.ensure(arn, sorted(missing))}
-            except FanoutError as exc:
-                log.warning(
-                    "lease_take_failed", extra={"stream": sub.stream_name, "error": str(exc)}
-                )
-                return
-        plan = share(
-            sub,
-            wanted,
-            rows,
-            worker_id=self.worker_id,
-            held={sid for a, sid in self.held if a == arn},
-            live=self.peers.live,
-            alive=lambda worker: self.peers.alive(worker, now),
-            expired_claim=lambda row: self.peers.expired_claim(row, now),
-            rng=self._rng,
-        )
-        view.unowned = len(plan.free)
-        if plan.waiting != view.waiting:
-            view.waiting = plan.waiting
-            if plan.waiting:
-                log.warning(
-                    "shards_waiting",
-                    extra={
-                        "stream": sub.stream_name,
-                        "waiting": plan.waiting,
-                        "max_shards": plan.mine + max(0, sub.capacity()),
-                    },
-                )
-        taking = plan.claims[: plan.need]
-        chosen = {c.shard_id for c in taking}
-        for claim in plan.adopt:
-            if claim.shard_id not in chosen:
-                await self._give_back(claim)
-        if taking:
-            got = await self._take(view, taking, now, reason="unowned")
-            # Peers that took some of these first: try the next free ones at once.
-            rest = plan.claims[plan.need :]
-            while got < len(taking) and rest:
-                short = len(taking) - got
-                taking, rest = rest[:short], rest[short:]
-                got = await self._take(view, taking, now, reason="unowned")
-            view.unowned = len([c for c in plan.free if (arn, c.shard_id) not in self.held])
-        elif plan.need > 0 and not plan.free:
-            await self._steal(view, rows, plan, now)
-
-    async def _take(self, view: StreamView, claims: list[Claim], now: float, *, reason: str) -> int:
-        """Take ``claims``; returns how many were taken."""
-        if not claims or not self._taking:
-            return 0
-        sub = view.subscriber
-        try:
-            taken = await self.store.take(claims, self.worker_id)
-        except FanoutError as exc:
-            log.warning("lease_take_failed", extra={"stream": sub.stream_name, "error": str(exc)})
-            return 0
-        for claim, row in zip(claims, taken, strict=True):
-            view.asked.pop(claim.shard_id, None)
-            if row is None:
-                continue
-            key = (claim.stream_arn, claim.shard_id)
-            token = LeaseToken(self.worker_id, row.counter)
-            held = HeldLease(*key, token, self.renewals)
-            self.held[key] = held
-            if claim.owner == self.worker_id:
-                why = "handed over"
-            elif claim.owner is None:
-                why = reason
-            elif claim.heartbeat is None:
-                why = "taken over"
-            else:
-                why = "expired"
-            log.info(
-                "lease_taken",
-                extra={
-                    "stream": sub.stream_name,
-                    "shard": claim.shard_id,
-                    "worker": self.worker_id,
-                    "from": claim.owner if claim.owner != self.worker_id else None,
-                    "reason": why,
-                    "seq": row.sequence,
-                },
-            )
-            self.holdings.event(claim.stream_arn, "taken")
-            if not self._taking or not sub.acquired(row, held):
-                self.held.pop(key, None)
-                held.lost = True
-                await self._give_back(Claim(*key, self.worker_id, row.counter))
-        self.holdings.update_gauges()
-        return sum(1 for row in taken if row is not None)
-
-    async def _give_back(self, claim: Claim) -> None:
-        try:
-            await self.store.release(
-                [
-                    Release(
-                        claim.stream_arn, claim.shard_id, LeaseToken(self.worker_id, claim.counter)
-                    )
-                ]
-            )
-        except FanoutError as exc:
-            log.warning("lease_release_failed", extra={"shard": claim.shard_id, "error": str(exc)})
-
-    async def _steal(
-        self, view: StreamView, rows: dict[str, Checkpoint], plan: Share, now: float
-    ) -> None:
-        """Take the leases asked for that were not handed over in time, or ask the busiest
-        worker for some (``fanout.progress.balance.steal`` decides)."""
-        sub = view.subscriber
-        step = steal(
-            view,
-            rows,
-            plan.counts,
-            worker_id=self.worker_id,
-            mine=plan.mine,
-            need=plan.need,
-            now=now,
-            duration=self.timing.duration,
-            rng=self._rng,
-        )
-        view.asked = step.asked
-        if step.overdue:
-            await self._take(view, step.overdue, now, reason="taken over")
-            return
-        for row in step.ask:
-            assert step.victim is not None
-            token = LeaseToken(step.victim, row.counter)
-            try:
-                ok = await self.store.request_handoff(
-                    row.stream_arn, row.shard_id, token, self.worker_id
-                )
-            except FanoutError as exc:
-                log.warning(
-                    "lease_handoff_failed", extra={"stream": sub.stream_name, "error": str(exc)}
-                )
-                return
-            if ok:
-                view.asked[row.shard_id] = Asked(token, now)
-                log.info(
-                    "lease_handoff_requested",
-                    extra={
-                        "stream": sub.stream_name,
-                        "shard": row.shard_id,
-                        "worker": self.worker_id,
-                        "owner": step.victim,
-                    },
-                )
 
     # -- handing over -----------------------------------------------------------------------
 
