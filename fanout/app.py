@@ -38,8 +38,9 @@ from fanout.filters import compile_filters
 from fanout.httpclient import HttpClient
 from fanout.observe.metrics import Metrics
 from fanout.observe.watchdog import EXIT_MARGIN_S, ExitDeadline, LoopWatchdog
-from fanout.progress.leases import LeaseCoordinator, LeaseTiming
+from fanout.progress.leases import LeaseCoordinator
 from fanout.progress.open import open_store
+from fanout.progress.renewals import LeaseTiming
 from fanout.progress.store import CheckpointStore
 from fanout.progress.tracker import ShardProgress
 from fanout.progress.writer import CheckpointWriter

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 class LeaseGuard(Protocol):
-    """The lease a shard is read under (``fanout.progress.leases.HeldLease``)."""
+    """The lease a shard is read under (``fanout.progress.renewals.HeldLease``)."""
 
     @property
     def token(self) -> LeaseToken:

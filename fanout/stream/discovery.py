@@ -12,7 +12,8 @@
   shared store, so a parent finished by another worker counts.
 * Shards that vanish unread, and a stream that is gone, are data-loss gaps.
 
-The rules are written out in ``docs/shards.md`` ("Discovery", "Lineage").
+The listings themselves (DescribeStream pages, child lookups) are in
+``fanout.stream.listing``. The rules are written out in ``docs/shards.md`` ("Discovery", "Lineage").
 """
 
 from __future__ import annotations
@@ -21,41 +22,24 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 
 import anyio
 from anyio.abc import TaskGroup
 
 from fanout.delivery import ShardDispatch
-from fanout.errors import FanoutError, SourceError, StreamNotFound
+from fanout.errors import FanoutError
 from fanout.observe.metrics import GET_RECORDS_OUTCOMES
-from fanout.progress.leases import HeldLease
+from fanout.progress.renewals import HeldLease
 from fanout.progress.store import Checkpoint, CheckpointRow
 from fanout.progress.tracker import ShardProgress
-from fanout.stream.api import Shard, retry_call
+from fanout.stream.api import Shard
 from fanout.stream.budget import ShardBytes
 from fanout.stream.gaps import DataLossError, Gap, iso, record_loss, unknown_gap
+from fanout.stream.listing import ACTIVE, Listing, list_shards, lookup_children
 from fanout.stream.parts import DiscoveryStatus, StreamParts, StreamStart
 from fanout.stream.reader import ReaderContext, ShardReader
 
 log = logging.getLogger("fanout.stream")
-
-# Targeted child lookups after a shard ended before leaving it to a full discovery.
-_CHILD_LOOKUPS = 5
-
-_ACTIVE = ("ENABLED", "ENABLING")
-
-
-@dataclass(slots=True)
-class Listing:
-    """One complete DescribeStream listing."""
-
-    shards: list[Shard]
-    status: str
-
-
-class _NoChildrenYet(Exception):
-    """An ended shard's children are not listed yet."""
 
 
 @dataclass(eq=False)
@@ -349,7 +333,7 @@ class ShardGraph:
             self._spawn(listing.shards, complete=True)
             self.status.ready = True
             await self._prune(ids)
-            if listing.status not in _ACTIVE and self._drained(listing):
+            if listing.status not in ACTIVE and self._drained(listing):
                 log.warning(
                     "stream_disabled_and_read",
                     extra={"stream": self.name, "stream_arn": arn, "status": listing.status},
@@ -365,74 +349,31 @@ class ShardGraph:
 
     async def _discover(self, *, spawn: bool) -> Listing | None:
         """Every shard of the stream (all DescribeStream pages); None if the stream is gone.
+        With ``spawn``, the readable shards of each page are sought while the rest is read."""
 
-        A page that fails is retried (with backoff) from where the listing stopped; pages
-        already read are kept, and their readable shards started, meanwhile.
-        """
-        arn = self.stream_arn
-        interval = self.config.discovery_interval
-        shards: list[Shard] = []
-        start: str | None = None
-        failures = 0
-        pages = 0
-        failure: list[tuple[BaseException, int]] = []
-
-        def failed(exc: BaseException, attempt: int) -> None:
-            nonlocal failures
-            failures += 1
-            self.status.error = str(exc)
-            self.metrics.discovery_errors.labels(self.name).inc()
-            failure.append((exc, attempt))
-
-        async def wait(seconds: float) -> None:
-            # The wait is known only here: log the failure with it, then wait (never longer
-            # than a discovery interval).
-            exc, attempt = failure.pop()
-            delay = min(seconds, interval)
-            log.error(
-                "discovery_failed",
-                extra={
-                    "stream": self.name,
-                    "error": str(exc),
-                    "shards_listed": len(shards),
-                    "pages_read": pages,
-                    "attempt": attempt,
-                    "retry_in_s": round(delay, 2),
-                },
-            )
-            await self.retry.sleep(delay)
-
-        pacing = replace(self.retry, sleep=wait)
-        while True:
-            try:
-                desc = await retry_call(
-                    pacing,
-                    partial(self.client.describe_stream, arn, exclusive_start_shard_id=start),
-                    on_failure=failed,
-                )
-            except StreamNotFound:
-                return None
-            pages += 1
-            page = [Shard.from_wire(raw) for raw in desc.get("Shards", [])]
+        def on_page(page: list[Shard]) -> None:
             now = time.monotonic()
             for shard in page:
                 self.listed[shard.shard_id] = shard
                 self._seen.setdefault(shard.shard_id, now)
-            shards.extend(page)
             if spawn:
                 self._spawn(page, complete=False)
-            start = desc.get("LastEvaluatedShardId")
-            if not start:
-                if failures:
-                    log.info(
-                        "discovery_recovered",
-                        extra={"stream": self.name, "failures": failures, "pages": pages},
-                    )
-                self.status.discovered_at, self.status.error = time.monotonic(), None
-                self.listed = {s.shard_id: s for s in shards} | {
-                    sid: self.listed[sid] for sid in self.running if sid in self.listed
-                }
-                return Listing(shards, str(desc.get("StreamStatus", "ENABLED")))
+
+        listing = await list_shards(
+            self.client,
+            self.stream_arn,
+            name=self.name,
+            retry=self.retry,
+            interval=self.config.discovery_interval,
+            status=self.status,
+            metrics=self.metrics,
+            on_page=on_page,
+        )
+        if listing is not None:
+            self.listed = {s.shard_id: s for s in listing.shards} | {
+                sid: self.listed[sid] for sid in self.running if sid in self.listed
+            }
+        return listing
 
     async def _mark_initial(self, shards: list[Shard]) -> None:
         """First start at LATEST: closed shards hold only older records; the open ones are
@@ -627,36 +568,17 @@ class ShardGraph:
 
     async def _start_children(self, shard_id: str) -> None:
         """Look the ended shard's children up at once and start them."""
-        arn = self.stream_arn
-
-        def failed(exc: BaseException, attempt: int) -> None:
-            log.info(
-                "child_lookup_failed",
-                extra={"stream": self.name, "shard": shard_id, "error": str(exc)},
-            )
-
-        async def lookup() -> list[Shard]:
-            desc = await retry_call(
-                self.retry,
-                lambda: self.client.describe_stream(arn, child_shards_of=shard_id),
-                on_failure=failed,
-                attempts=_CHILD_LOOKUPS,
-            )
-            children = [Shard.from_wire(raw) for raw in desc.get("Shards", [])]
-            children = [c for c in children if c.parent_id == shard_id]
-            if not children and desc.get("StreamStatus", "ENABLED") in _ACTIVE:
-                raise _NoChildrenYet  # a disabled stream gets no new shards: stop asking
-            return children
-
-        try:
-            children = await self._lookups.call(
-                lookup, retry_on=(_NoChildrenYet,), attempts=_CHILD_LOOKUPS
-            )
-        except StreamNotFound:
+        children = await lookup_children(
+            self.client,
+            self.stream_arn,
+            shard_id,
+            name=self.name,
+            retry=self.retry,
+            lookups=self._lookups,
+        )
+        if children is None:  # the stream is gone
             self.relist()
             return
-        except (SourceError, _NoChildrenYet):
-            children = []
         if not children:
             self.relist()  # leave it to a full discovery now
             self._update_shard_gauges()

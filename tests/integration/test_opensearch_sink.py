@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fanout.errors import ConfigError, SinkUnavailable
 from fanout.sink import SinkContext, SinkRegistry
-from fanout.testing.searchserver import SearchServer, SigV4Expectation
+from fanout.testing.searchauth import SigV4Expectation
+from fanout.testing.searchserver import SearchServer
 from sinks.opensearch import OPENSEARCH, OpenSearchSink
 from sinks.opensearch.client import OpenSearchError
 from sinks.opensearch.document import TIE_MASK, version_of
@@ -425,15 +426,15 @@ async def test_an_unreachable_cluster_does_not_stop_the_start_and_sends_raise(ma
 
 
 async def test_a_cluster_failing_at_start_only_delays_preparing_the_index(server, make):
-    original = server._put_index
+    original = server._index.put_index
 
     def broken(name, body):
         raise RuntimeError("boom")  # the server answers 500
 
-    server._put_index = broken
+    server._index.put_index = broken
     sink, _ = await make()
     assert server.indexes() == []
-    server._put_index = original
+    server._index.put_index = original
     assert await sink.send([put("a", BASE + 1, 1)]) == {}
     assert server.settings("orders")["index.gc_deletes"] == "86400s"
 

@@ -14,7 +14,9 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from fanout.testing.searchserver import SearchServer, ServerThread, SigV4Expectation, time_value
+from fanout.testing.searchauth import SigV4Expectation
+from fanout.testing.searchindex import time_value
+from fanout.testing.searchserver import SearchServer, ServerThread
 
 pytestmark = pytest.mark.integration
 

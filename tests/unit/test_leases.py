@@ -11,7 +11,8 @@ import pytest
 
 from fanout.errors import ConfigError
 from fanout.observe.metrics import Metrics
-from fanout.progress.leases import HeldLease, LeaseCoordinator, LeaseTiming
+from fanout.progress.leases import LeaseCoordinator
+from fanout.progress.renewals import HeldLease, LeaseTiming
 from fanout.progress.store import Checkpoint, CheckpointRow, Claim, LeaseToken
 from tests.unit.stream_fakes import MemoryCheckpointStore
 
@@ -413,19 +414,19 @@ async def test_the_heartbeat_thread_renews_while_the_loop_is_busy_and_stops_if_i
     )  # renewals every 0.2 s
     await c.start()
     first = store.workers["a"].heartbeat
-    c._start_beating()
+    c.heartbeat.start()
     try:
         time.sleep(0.7)  # the loop does not run at all: the thread renews anyway
         assert store.workers["a"].heartbeat >= first + 2
         assert c.renewals.left() > 0
-        c._loop_alive = time.monotonic() - 10  # no sign of the loop for 10 s: wedged
+        c.heartbeat.loop_alive = time.monotonic() - 10  # no sign of the loop for 10 s: wedged
         await anyio.sleep(0.3)
         stuck = store.workers["a"].heartbeat
         time.sleep(0.5)
         assert store.workers["a"].heartbeat == stuck
         assert [r for r in caplog.records if r.getMessage() == "event_loop_blocked"]
-        c._loop_alive = time.monotonic()
+        c.heartbeat.loop_alive = time.monotonic()
         await anyio.sleep(0.5)
         assert store.workers["a"].heartbeat > stuck
     finally:
-        await c._stop_beating_now()
+        await c.heartbeat.stop()
