@@ -36,8 +36,8 @@ from fanout.delivery import Route
 from fanout.errors import ConfigError, FanoutError
 from fanout.httpclient import HttpClient
 from fanout.observe.metrics import Metrics
-from fanout.progress.sinkset import parse_sink_set
 from fanout.progress.open import open_store
+from fanout.progress.sinkset import parse_sink_set
 from fanout.progress.store import BackfillRow, BackfillState, CheckpointStore, SegmentRow
 
 log = logging.getLogger("fanout.backfill")
