@@ -119,7 +119,7 @@ async def run_budget(spec: dict[str, Any]) -> dict[str, Any]:
     import anyio
 
     from bench import sinks as bench_sinks
-    from bench.child import _peak_rss_mb, _ready
+    from bench.measure import peak_rss_mb, ready
     from fanout.app import Worker
     from fanout.config import build_config
 
@@ -142,7 +142,7 @@ async def run_budget(spec: dict[str, Any]) -> dict[str, Any]:
             while sample("fanout_get_records_calls_total", "empty") < shards:
                 await anyio.sleep(0.05)
             result["baseline_rss_mb"] = _rss_mb()
-            _ready()
+            ready()
             started = time.monotonic()
             budget = worker.budget
             assert budget.limit is not None
@@ -154,7 +154,7 @@ async def run_budget(spec: dict[str, Any]) -> dict[str, Any]:
         result["buffered_bytes"] = worker.budget.used
         result["budget_wait_s"] = worker.budget.waited_s
         result["records"] = int(sample("fanout_records_read_total"))
-        result["peak_rss_mb"] = _peak_rss_mb()
+        result["peak_rss_mb"] = peak_rss_mb()
         result.setdefault("baseline_rss_mb", float("nan"))
         result.setdefault("fill_seconds", float("nan"))
         worker.stop()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -35,49 +34,14 @@ from typing import Any, cast
 
 import orjson
 
+from bench.measure import Window, peak_rss_mb, ready
+
 STREAMS = "DynamoDBStreams_20120810."
 # The stream server checks the header's shape only; the floor does not sign.
 _FAKE_AUTH = (
     "AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/dynamodb/aws4_request, "
     "SignedHeaders=content-type;host;x-amz-target, Signature=0"
 )
-
-
-class Window:
-    """Wall and CPU time of the measured part of a run."""
-
-    def __init__(self) -> None:
-        self.wall0 = self.cpu0 = 0.0
-        self.wall = self.cpu = 0.0
-
-    def start(self) -> None:
-        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
-
-    def stop(self) -> None:
-        self.wall = time.perf_counter() - self.wall0
-        self.cpu = time.process_time() - self.cpu0
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident set size.
-
-    ``VmHWM`` belongs to the process's own address space; ``ru_maxrss`` would not do: Linux
-    carries it over ``execve`` from the parent's address space (the benchmark driver, which
-    holds the stream server's records).
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _ready() -> None:
-    sys.stdout.write("READY\n")
-    sys.stdout.flush()
 
 
 # -- fanout -------------------------------------------------------------------------------
@@ -167,7 +131,7 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
             if spec.get("ready_when_running"):
                 while running() < spec["ready_when_running"]:
                     await anyio.sleep(0.01)
-                _ready()
+                ready()
             if spec.get("lease_window"):
                 # the lease store's requests over a window, after a warm-up
                 await anyio.sleep(spec.get("lease_warmup", 0.0))
@@ -204,7 +168,7 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
         "records": read(),
         "wall": window.wall,
         "cpu": window.cpu,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "sinks": dict(bench_sinks.counts),
         # records each bench handler (bench/handlers.py) was called with, if any ran
         "handled": dict(sys.modules["bench.handlers"].seen)
@@ -285,7 +249,7 @@ async def run_floor(spec: dict[str, Any]) -> dict[str, Any]:
         "records": records,
         "wall": window.wall,
         "cpu": window.cpu,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -340,7 +304,7 @@ async def run_aiobotocore(spec: dict[str, Any]) -> dict[str, Any]:
         "records": records,
         "wall": window.wall,
         "cpu": window.cpu,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
