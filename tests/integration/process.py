@@ -18,7 +18,21 @@ REPO = Path(__file__).parents[2]
 
 
 class WorkerProcess:
-    """``python -m fanout run --config CONFIG``; handlers write to ``$FANOUT_TEST_OUT``."""
+    """``python -m fanout run --config CONFIG``; handlers write to ``$FANOUT_TEST_OUT``.
+
+    A worker still running when its test ends (the test failed before stopping it) is
+    killed by ``reap`` (an autouse fixture), so it cannot go on writing to a later test's
+    tables and ports.
+    """
+
+    running: set[WorkerProcess] = set()
+
+    @classmethod
+    def reap(cls) -> None:
+        for worker in list(cls.running):
+            if worker.proc.poll() is None:
+                worker.kill()
+        cls.running.clear()
 
     def __init__(self, config: Path, out: Path, log: Path) -> None:
         env = dict(os.environ, FANOUT_TEST_OUT=str(out), PYTHONPATH=str(REPO))
@@ -30,16 +44,19 @@ class WorkerProcess:
             stdout=self.log,
             stderr=self.log,
         )
+        WorkerProcess.running.add(self)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
         self.log.close()
+        WorkerProcess.running.discard(self)
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=60)
         self.log.close()
+        WorkerProcess.running.discard(self)
         return code
 
 
