@@ -274,3 +274,73 @@ def test_aggregates_equal_a_recomputation_through_kills_an_outage_a_redrive_and_
         assert worker.terminate() == 0
     assert aggregate_rows(ddb_client, f"{source}-totals") == totals
     assert aggregate_rows(ddb_client, f"{source}-per-minute") == per_minute
+
+
+def test_two_workers_sharing_the_stream_through_leases_keep_the_aggregates_exact(
+    tmp_path, dynamodb_local, ddb_table, ddb_client, ddbstreams_client
+):
+    """Two workers of one application on one checkpoint store share the stream's shards
+    through leases; one is killed with SIGKILL mid-stream and the other takes its shards
+    over after the lease expires. The aggregates still equal a recomputation."""
+    total = 3_000
+    source, stream_arn = ddb_table()
+    endpoint = dynamodb_local.endpoint_url
+    db = tmp_path / "fanout.db"
+    config = write_config(tmp_path / "fanout.yaml", source, endpoint, db, sink_endpoint=endpoint)
+    config.write_text(
+        config.read_text().replace("interval: 300ms}", "interval: 300ms, lease_duration: 2s}")
+    )
+    log = tmp_path / "worker.log"
+    rng = random.Random(20261201)
+    current: dict[str, dict[str, Any]] = {}
+    workers = [WorkerProcess(config, tmp_path / "unused.jsonl", log) for _ in range(2)]
+    written = 0
+    while written < total:
+        requests = []
+        for n in rng.sample(range(ITEMS), WRITE_BATCH):
+            key = f"k{n}"
+            if key in current and rng.random() < 0.15:
+                requests.append({"DeleteRequest": {"Key": {"pk": {"S": key}}}})
+                del current[key]
+            else:
+                current[key] = random_item(rng, key, current.get(key), written)
+                requests.append({"PutRequest": {"Item": current[key]}})
+        ddb_client.batch_write_item(RequestItems={source: requests})
+        written += WRITE_BATCH
+        if written == total // 2:
+            wait_for(lambda: checkpoint(db) > 0, 60, "progress before the kill")
+            owner = _lease_owner(db)
+            # kill the worker that reads (the other holds no lease yet, or another shard's)
+            victim = next((w for w in workers if f"-{w.proc.pid}-" in owner), workers[0])
+            victim.kill()
+            workers.remove(victim)
+    records = stream_records(ddbstreams_client, stream_arn)
+    assert len(records) == total
+    last = max(int(r["dynamodb"]["SequenceNumber"]) for r in records)
+    wait_for(lambda: checkpoint(db) >= last, 120, "the survivor to settle every change")
+    (survivor,) = workers
+    assert survivor.terminate() == 0
+
+    items = scan(ddb_client, source)
+    last_change: dict[str, int] = {}
+    for record in records:
+        created = int(record["dynamodb"]["ApproximateCreationDateTime"].timestamp())
+        last_change[record["dynamodb"]["Keys"]["pk"]["S"]] = created
+    assert aggregate_rows(ddb_client, f"{source}-totals") == recompute(
+        items, last_change, ["customer"], 0
+    )
+    assert aggregate_rows(ddb_client, f"{source}-per-minute") == recompute(
+        items, last_change, ["customer", "region"], 60
+    )
+
+
+def _lease_owner(db: Path) -> str:
+    """The owners of the stream's leases in the SQLite store (worker ids name the pid)."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT owner FROM checkpoints WHERE owner IS NOT NULL").fetchall()
+    finally:
+        con.close()
+    return " ".join(str(owner) for (owner,) in rows)

@@ -150,3 +150,9 @@ def entry_key(item: Entry) -> str:
     if seq is None:
         seq = f"@{item.get('dead_lettered_at')}"
     return f"{item.get('sink')}|{item.get('stream_arn')}|{item.get('shard_id')}|{seq}"
+
+
+def safe_name(text: object) -> str:
+    """``text`` as a file or object name part: letters, digits, ``.``, ``_`` and ``-`` only,
+    at most 80 characters, never empty."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(text))[:80] or "_"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio.to_thread
 
 from fanout.aws.sqs import TRANSPORT_ERRORS
+from fanout.delivery.deadletter.base import safe_name
 from fanout.errors import DeadLetterError
 
 if TYPE_CHECKING:
@@ -45,10 +46,6 @@ class Overflow(Protocol):
     async def remove(self, pointer: Pointer) -> None:
         """Delete what ``pointer`` names (nothing if it is gone already); never raises."""
         ...
-
-
-def _safe(text: object) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(text))[:80] or "_"
 
 
 def _describe(data: bytes) -> tuple[str, Pointer]:
@@ -89,7 +86,7 @@ class FileOverflow:
         self.directory = Path(directory)
 
     def path_of(self, sink: str, digest: str) -> Path:
-        return (self.directory / f"{_safe(sink)}-{digest}.json").resolve()
+        return (self.directory / f"{safe_name(sink)}-{digest}.json").resolve()
 
     async def put(self, sink: str, data: bytes) -> Pointer:
         digest, pointer = _describe(data)
@@ -139,7 +136,7 @@ class S3Overflow:
 
     async def put(self, sink: str, data: bytes) -> Pointer:
         digest, pointer = _describe(data)
-        key = f"{self.prefix}{_safe(sink)}/{digest}.json"
+        key = f"{self.prefix}{safe_name(sink)}/{digest}.json"
         bucket = self.store.bucket
         if key not in self._stored:
             try:

@@ -25,7 +25,13 @@ import orjson
 from botocore.exceptions import ClientError
 
 from fanout.aws.sqs import TRANSPORT_ERRORS
-from fanout.delivery.deadletter.base import Entry, Letter, PartialDeadLetterError, entry_key
+from fanout.delivery.deadletter.base import (
+    Entry,
+    Letter,
+    PartialDeadLetterError,
+    entry_key,
+    safe_name,
+)
 from fanout.errors import DeadLetterError
 
 if TYPE_CHECKING:
@@ -43,17 +49,13 @@ _DELETE_BATCH = 1000  # the DeleteObjects limit
 T = TypeVar("T")
 
 
-def _safe(text: object) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(text))[:80] or "_"
-
-
 def object_key(prefix: str, item: Entry) -> str:
     """``<prefix><sink>/<time>-<id>.json`` for ``item`` (see the module docstring)."""
     at = item.get("dead_lettered_at")
     when = float(at) if isinstance(at, int | float) else time.time()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(when)) + f".{int(when % 1 * 1e6):06d}Z"
     digest = hashlib.sha256(f"{entry_key(item)}|{at}".encode()).hexdigest()[:20]
-    return f"{prefix}{_safe(item.get('sink'))}/{stamp}-{digest}.json"
+    return f"{prefix}{safe_name(item.get('sink'))}/{stamp}-{digest}.json"
 
 
 def _code(exc: BaseException) -> str:
@@ -191,7 +193,7 @@ class S3DeadLetter:
         return f"s3://{self.store.bucket}/{self._listed()}"
 
     def _listed(self) -> str:
-        return self.prefix if self.sink is None else f"{self.prefix}{_safe(self.sink)}/"
+        return self.prefix if self.sink is None else f"{self.prefix}{safe_name(self.sink)}/"
 
     async def aclose(self) -> None:
         """Nothing to release: the client belongs to ``clients``."""
