@@ -43,17 +43,17 @@ from typing import Any
 
 import orjson
 
-from bench import budget, scenarios
+from bench import budget, leasecost, scenarios, throughput
 from bench.baseline import BaselineError, checkout
 from bench.harness import REPO
 
 SCENARIOS: dict[str, Callable[[scenarios.Options], dict[str, Any]]] = {
-    "throughput": scenarios.throughput,
+    "throughput": throughput.throughput,
     "latency": scenarios.latency,
     "idle": scenarios.idle,
     "scale": scenarios.scale,
     "budget": budget.budget,
-    "leases": scenarios.leases,
+    "leases": leasecost.leases,
 }
 
 # (scenario, description, how to read the value from the results, comparison, bound)

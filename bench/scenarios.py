@@ -1,5 +1,6 @@
-"""The benchmark scenarios: throughput, latency, idle cost, scale and lease cost (the
-byte budget's is in ``bench/budget.py``).
+"""The benchmark's options and what its scenarios share, and the latency, idle cost and
+scale scenarios (throughput: ``bench/throughput.py``; lease cost: ``bench/leasecost.py``;
+the byte budget: ``bench/budget.py``).
 
 Each scenario returns a JSON-ready dict. The stream server runs in a thread of the driver
 process and every measured consumer in a child process (``bench.child``), so a consumer's
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -134,7 +134,7 @@ class Options:
         )
 
 
-def _fanout_spec(opts: Options, config: dict[str, Any], **more: Any) -> dict[str, Any]:
+def fanout_spec(opts: Options, config: dict[str, Any], **more: Any) -> dict[str, Any]:
     return {
         "consumer": "fanout",
         "config": config,
@@ -144,7 +144,7 @@ def _fanout_spec(opts: Options, config: dict[str, Any], **more: Any) -> dict[str
     }
 
 
-def _fanout_config(
+def fanout_config(
     work: Path,
     stream: dict[str, Any],
     sinks: dict[str, dict[str, Any]],
@@ -158,14 +158,11 @@ def _fanout_config(
     }
 
 
-def _profile_path(opts: Options, name: str) -> Path | None:
+def profile_path(opts: Options, name: str) -> Path | None:
     return opts.out / f"profile-{name}.txt" if opts.profile else None
 
 
-# -- 1. throughput ------------------------------------------------------------------------
-
-
-def _stream_server(
+def stream_server(
     shards: int, records_per_shard: int, *, closed: bool
 ) -> tuple[StreamServer, Stream]:
     from fanout.testing.streamserver import StreamServer
@@ -178,188 +175,6 @@ def _stream_server(
         if closed:
             server.close_shard(shard)
     return server, stream
-
-
-@dataclass(frozen=True)
-class _Consumer:
-    """A throughput consumer: its name in the results, what bench.child runs, from which tree."""
-
-    name: str
-    kind: str  # the spec's "consumer": fanout, floor or aiobotocore
-    sinks: dict[str, dict[str, Any]] | None = None  # fanout's sinks
-    tree: Path = REPO
-    processes: int = 1  # fanout worker processes sharing the shards
-
-
-def _throughput_consumers(opts: Options) -> list[_Consumer]:
-    """The consumers of one round, in order; the baseline, if any, runs right after fanout."""
-    names = list(opts.consumers)
-    if opts.baseline is not None and "fanout" not in names:
-        names.insert(0, "fanout")
-    consumers: list[_Consumer] = []
-    for name in names:
-        if name == "fanout":
-            consumers.append(_Consumer(name, "fanout", FILTERED_SINKS))
-            if opts.baseline is not None:
-                consumers.append(
-                    _Consumer(opts.baseline.consumer, "fanout", FILTERED_SINKS, opts.baseline.tree)
-                )
-        elif name == "fanout-unfiltered":
-            consumers.append(_Consumer(name, "fanout", UNFILTERED_SINKS))
-        elif name == "fanout-handlers":
-            consumers.append(_Consumer(name, "fanout", HANDLER_SINKS))
-        else:
-            consumers.append(_Consumer(name, name))
-    if "fanout" in names:
-        for count in opts.throughput_processes:
-            if count > 1:
-                consumers.append(
-                    _Consumer(f"fanout-{count}p", "fanout", FILTERED_SINKS, processes=count)
-                )
-    return consumers
-
-
-def _read_all(
-    opts: Options, consumer: _Consumer, server: StreamServer, stream: Stream, round_: int
-) -> dict[str, Any]:
-    """One consumer reads every shard of ``stream`` to the end, once."""
-    shards = len(stream.shards)
-    work = Path(tempfile.mkdtemp(prefix=f"tp-{consumer.name}-", dir=opts.logs))
-    spec: dict[str, Any] = {
-        "consumer": consumer.kind,
-        "url": server.endpoint_url,
-        "arn": stream.arn,
-        "shards": shards,
-    }
-    if consumer.sinks is not None:
-        spec["config"] = _fanout_config(
-            work, {"stream_arn": stream.arn, "endpoint_url": server.endpoint_url}, consumer.sinks
-        )
-    if consumer.kind != "aiobotocore":
-        spec["tune_gc"] = opts.tune_gc
-    if consumer.processes > 1:
-        spec["processes"] = consumer.processes
-    profile = f"{consumer.name}-{shards}" + (f"-{round_ + 1}" if opts.rounds > 1 else "")
-    server_cpu = time.process_time()
-    result = run_child(
-        spec,
-        work / "child.log",
-        timeout=1800,
-        profile=_profile_path(opts, profile),
-        tree=consumer.tree,
-    )
-    # the stream server runs in this process; nothing else here uses CPU meanwhile
-    result["server_cpu"] = time.process_time() - server_cpu
-    result.pop("latencies", None)
-    result.pop("written", None)
-    records = result["records"]
-    result.update(
-        consumer=consumer.name,
-        tree=str(consumer.tree),
-        records_per_s=records / result["wall"] if result["wall"] else 0.0,
-        cpu_s_per_million=result["cpu"] / records * 1e6 if records else 0.0,
-    )
-    return result
-
-
-def _summary(runs: list[dict[str, Any]], shards: int, expected: int) -> dict[str, Any]:
-    """One row from a consumer's rounds: medians, the best round, and every round."""
-    rates = [r["records_per_s"] for r in runs]
-    cpus = [r["cpu_s_per_million"] for r in runs]
-    row = dict(runs[-1])  # consumer-specific details (sink counts...) of the last round
-    row.update(
-        shards=shards,
-        expected=expected,
-        rounds=len(runs),
-        wall=statistics.median(r["wall"] for r in runs),
-        cpu=statistics.median(r["cpu"] for r in runs),
-        server_cpu=statistics.median(r["server_cpu"] for r in runs),
-        peak_rss_mb=max(r["peak_rss_mb"] for r in runs),
-        records_per_s=statistics.median(rates),
-        best_records_per_s=max(rates),
-        cpu_s_per_million=statistics.median(cpus),
-        best_cpu_s_per_million=min(cpus),
-        per_round=[
-            {k: r[k] for k in ("wall", "cpu", "server_cpu", "records_per_s", "cpu_s_per_million")}
-            for r in runs
-        ],
-    )
-    if "timed_out" in row:
-        row["timed_out"] = any(r["timed_out"] for r in runs)
-    return row
-
-
-def throughput(opts: Options) -> dict[str, Any]:
-    """Closed shards full of 1,000-record pages, read to the end by each consumer.
-
-    With ``rounds`` > 1 every consumer reads everything once per round, in the order of
-    :func:`_throughput_consumers` in even rounds and in reverse in odd ones, so drift over
-    the run (other load, thermal state) touches every consumer alike; rows report medians
-    and the best round. A baseline consumer always runs next to fanout.
-    """
-    every = _throughput_consumers(opts)
-    rows: list[dict[str, Any]] = []
-    for shards in opts.throughput_shards:
-        largest = shards == max(opts.throughput_shards)
-        consumers = [c for c in every if c.processes == 1 or largest]
-        per_shard = max(1, opts.throughput_records // shards)
-        total = per_shard * shards
-        server, stream = _stream_server(shards, per_shard, closed=True)
-        runs: dict[str, list[dict[str, Any]]] = {c.name: [] for c in consumers}
-        with server.run_in_thread():
-            for round_ in range(opts.rounds):
-                for consumer in consumers if round_ % 2 == 0 else consumers[::-1]:
-                    if consumer.kind == "aiobotocore" and round_ > 0:
-                        continue
-                    result = _read_all(opts, consumer, server, stream, round_)
-                    if result["records"] != total:
-                        raise RuntimeError(
-                            f"{consumer.name} read {result['records']} of {total} records"
-                        )
-                    runs[consumer.name].append(result)
-        rows.extend(_summary(runs[c.name], shards, total) for c in consumers)
-    by = {(r["consumer"], r["shards"]): r for r in rows}
-    ratios: dict[str, dict[str, float]] = {}
-    for shards in opts.throughput_shards:
-        fan = by.get(("fanout", shards))
-        if fan is None:
-            continue
-        entry: dict[str, float] = {}
-        for other in ("floor", "aiobotocore"):
-            base = by.get((other, shards))
-            if base and base["records_per_s"]:
-                entry[f"vs_{other}"] = fan["records_per_s"] / base["records_per_s"]
-        handlers = by.get(("fanout-handlers", shards))
-        floor = by.get(("floor", shards))
-        if handlers and floor and floor["records_per_s"] and floor["cpu_s_per_million"]:
-            # the default configuration a Lambda user runs, against the floor
-            entry["handlers_vs_floor"] = handlers["records_per_s"] / floor["records_per_s"]
-            entry["handlers_cpu_vs_floor"] = (
-                handlers["cpu_s_per_million"] / floor["cpu_s_per_million"]
-            )
-        bare = by.get(("fanout-unfiltered", shards))
-        if bare and bare["cpu_s_per_million"]:
-            # CPU per record with three filtered sinks over the same run without filters.
-            entry["filter_cpu_overhead"] = fan["cpu_s_per_million"] / bare["cpu_s_per_million"] - 1
-        for count in opts.throughput_processes:
-            several = by.get((f"fanout-{count}p", shards))
-            if several and count > 1 and fan["records_per_s"]:
-                # above 1: N processes read faster than one (2 cores: at most about 2)
-                entry[f"processes_{count}"] = several["records_per_s"] / fan["records_per_s"]
-        if opts.baseline is not None:
-            old = by[(opts.baseline.consumer, shards)]
-            if old["records_per_s"] and old["cpu_s_per_million"]:
-                # above 1: the current tree reads faster / needs more CPU per record
-                entry["vs_baseline"] = fan["records_per_s"] / old["records_per_s"]
-                entry["cpu_vs_baseline"] = fan["cpu_s_per_million"] / old["cpu_s_per_million"]
-        ratios[str(shards)] = entry
-    return {
-        "rows": rows,
-        "ratios": ratios,
-        "rounds": opts.rounds,
-        "statistic": "median",
-        "baseline": opts.baseline.describe() if opts.baseline is not None else None,
-    }
 
 
 # -- 2. latency ---------------------------------------------------------------------------
@@ -438,9 +253,9 @@ def latency(opts: Options) -> dict[str, Any]:
             "search": FILTERED_SINKS["search"],
             "audit": FILTERED_SINKS["audit"],
         }
-        spec = _fanout_spec(
+        spec = fanout_spec(
             opts,
-            _fanout_config(
+            fanout_config(
                 work,
                 {
                     "table": table,
@@ -454,7 +269,7 @@ def latency(opts: Options) -> dict[str, Any]:
             expect_sinks=["timing"],
             timeout=opts.latency_warmup + opts.latency_seconds + 120,
         )
-        with child(spec, work / "child.log", profile=_profile_path(opts, "latency")) as proc:
+        with child(spec, work / "child.log", profile=profile_path(opts, "latency")) as proc:
             proc.wait_ready(120)
             written, lateness = asyncio.run(
                 _write_steadily(
@@ -500,7 +315,7 @@ def idle(opts: Options) -> dict[str, Any]:
     """Idle open shards: GetRecords calls per shard-hour, then the first write's latency."""
     from fanout.testing.streamserver import Change
 
-    server, stream = _stream_server(opts.idle_shards, 0, closed=False)
+    server, stream = stream_server(opts.idle_shards, 0, closed=False)
     shards = stream.shards
     work = Path(tempfile.mkdtemp(prefix="idle-", dir=opts.logs))
     sinks = {
@@ -512,9 +327,9 @@ def idle(opts: Options) -> dict[str, Any]:
     timeout = opts.idle_warmup + opts.idle_seconds + 60 + writes * opts.max_idle_interval
     rng = random.Random(7)
     with server.run_in_thread():
-        spec = _fanout_spec(
+        spec = fanout_spec(
             opts,
-            _fanout_config(
+            fanout_config(
                 work,
                 {
                     "stream_arn": stream.arn,
@@ -528,7 +343,7 @@ def idle(opts: Options) -> dict[str, Any]:
             expect_sinks=["timing"],
             timeout=timeout,
         )
-        with child(spec, work / "child.log", profile=_profile_path(opts, "idle")) as proc:
+        with child(spec, work / "child.log", profile=profile_path(opts, "idle")) as proc:
             proc.wait_ready(120)
             started = time.monotonic()
             time.sleep(opts.idle_warmup)
@@ -574,13 +389,13 @@ def scale(opts: Options) -> dict[str, Any]:
     """Many closed shards with a little data each, in one worker process."""
     per_shard = opts.scale_records_per_shard
     # open shards, as a large table has them: their readers go on polling once drained
-    server, stream = _stream_server(opts.scale_shards, per_shard, closed=False)
+    server, stream = stream_server(opts.scale_shards, per_shard, closed=False)
     total = opts.scale_shards * per_shard
     work = Path(tempfile.mkdtemp(prefix="scale-", dir=opts.logs))
     with server.run_in_thread():
-        spec = _fanout_spec(
+        spec = fanout_spec(
             opts,
-            _fanout_config(
+            fanout_config(
                 work,
                 {"stream_arn": stream.arn, "endpoint_url": server.endpoint_url},
                 FILTERED_SINKS,
@@ -588,7 +403,7 @@ def scale(opts: Options) -> dict[str, Any]:
             expect_read=total,
             window_from="process",
         )
-        result = run_child(spec, work / "child.log", 1800, profile=_profile_path(opts, "scale"))
+        result = run_child(spec, work / "child.log", 1800, profile=profile_path(opts, "scale"))
         describe_calls = server.calls_for("DescribeStream")
         get_records_calls = server.calls_for("GetRecords")
     if result["records"] != total:
@@ -601,122 +416,4 @@ def scale(opts: Options) -> dict[str, Any]:
         "peak_rss_mb": result["peak_rss_mb"],
         "describe_stream_calls": describe_calls,
         "get_records_calls": get_records_calls,
-    }
-
-
-# -- 5. lease table cost --------------------------------------------------------------------
-
-
-def item_size(item: dict[str, Any]) -> int:
-    """A DynamoDB item's size as DynamoDB counts it: attribute names plus values (strings in
-    UTF-8 bytes, numbers about one byte per two significant digits plus one, booleans one)."""
-    size = 0
-    for name, value in item.items():
-        size += len(name.encode())
-        (kind, raw), *_ = value.items()
-        if kind == "S":
-            size += len(str(raw).encode())
-        elif kind == "N":
-            digits = str(raw).lstrip("-").replace(".", "").strip("0") or "0"
-            size += (len(digits) + 1) // 2 + 1
-        else:
-            size += 1
-    return size
-
-
-def leases(opts: Options) -> dict[str, Any]:
-    """One worker on busy shards with the DynamoDB lease table (DynamoDB Local) at the
-    default lease settings: the table's requests by purpose, item sizes, and what that
-    makes in DynamoDB read and write units per shard-hour and per worker-hour."""
-    import math
-    import threading
-
-    import boto3
-
-    from fanout.testing import dynamodb_local as local
-    from fanout.testing.streamserver import Change
-
-    use_local_env()
-    emulator = local.fetch(local.default_cache_dir(REPO))
-    shards = opts.lease_shards
-    server, stream = _stream_server(shards, 0, closed=False)
-    stop = threading.Event()
-
-    def write() -> None:  # every shard gets a record every 250 ms: its checkpoint moves
-        i = 0
-        while not stop.wait(0.25):
-            for shard in stream.shards:
-                i += 1
-                keys = {"pk": {"S": f"item-{i % 500}"}, "sk": {"S": "v"}}
-                server.put(shard, Change("MODIFY", keys, {**keys, "v": {"N": str(i)}}, None))
-
-    work = Path(tempfile.mkdtemp(prefix="leases-", dir=opts.logs))
-    with local.DynamoDBLocal(emulator_dir=emulator) as ddb, server.run_in_thread():
-        writer = threading.Thread(target=write, daemon=True)
-        writer.start()
-        config = _fanout_config(
-            work,
-            {"stream_arn": stream.arn, "endpoint_url": server.endpoint_url},
-            {"audit": {"type": COUNT_TYPE}},
-        )
-        config["application"] = "bench"
-        config["checkpoints"] = {  # lease_duration and interval at their defaults
-            "store": "dynamodb",
-            "table": "fanout-leases",
-            "create_table": True,
-            "endpoint_url": ddb.endpoint_url,
-            "region": REGION,
-        }
-        spec = _fanout_spec(
-            opts,
-            config,
-            lease_window=opts.lease_seconds,
-            lease_warmup=opts.lease_warmup,
-            timeout=opts.lease_warmup + opts.lease_seconds + 120,
-        )
-        result = run_child(spec, work / "child.log", opts.lease_warmup + opts.lease_seconds + 180)
-        stop.set()
-        writer.join(5)
-        client = boto3.client("dynamodb", endpoint_url=ddb.endpoint_url, region_name=REGION)
-        items = client.query(
-            TableName="fanout-leases",
-            KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": {"S": "app#bench"}},
-        )["Items"]
-    counts: dict[str, int] = {}
-    for purpose, op, n in result["lease_requests"]:
-        counts[f"{purpose}:{op}"] = n
-    hours = opts.lease_seconds / 3600
-    shard_rows = [i for i in items if i["sk"]["S"].startswith("shard#")]
-    shard_bytes = sum(item_size(i) for i in shard_rows) / max(1, len(shard_rows))
-    all_bytes = sum(item_size(i) for i in items)
-    heartbeats = counts.get("heartbeat:update_item", 0)
-    scans = counts.get("scan:query", 0)
-    checkpoints = counts.get("save:update_item", 0)
-    other_writes = sum(
-        n
-        for key, n in counts.items()
-        if key.split(":")[1] in ("update_item", "delete_item", "transact_write_items")
-        and key not in ("heartbeat:update_item", "save:update_item")
-    )
-    return {
-        "shards": shards,
-        "seconds": opts.lease_seconds,
-        "lease_duration": 10.0,
-        "checkpoint_interval": 5.0,
-        "requests": counts,
-        "leases_held": result["leases_held"],
-        "shard_row_bytes": round(shard_bytes),
-        "application_bytes": all_bytes,
-        "heartbeats_per_worker_hour": heartbeats / hours,
-        "scans_per_worker_hour": scans / hours,
-        "checkpoint_writes_per_shard_hour": checkpoints / shards / hours,
-        "other_writes_per_shard_hour": other_writes / shards / hours,
-        # a write of an item up to 1 KB is one write unit
-        "wru_per_busy_shard_hour": checkpoints / shards / hours * math.ceil(shard_bytes / 1024),
-        "wru_per_worker_hour": heartbeats / hours,
-        # a strongly consistent read is one read unit per 4 KB: a shard's row in each scan
-        "rru_per_shard_hour": scans / hours * shard_bytes / 4096,
-        "rru_per_scan": math.ceil(all_bytes / 4096),
-        "timed_out": result["timed_out"],
     }
