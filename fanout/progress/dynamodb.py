@@ -60,16 +60,9 @@ from fanout.progress.store import (
 
 
 class DynamoDBCheckpointStore(DynamoDBWindows, DynamoDBBackfills):
-    """Checkpoints and leases of one application in a DynamoDB table.
-
-    Args:
-        table: the table name (key ``pk`` and ``sk``, both strings).
-        application: whose rows this store reads and writes.
-        aws: the process's AWS clients.
-        region: the table's region (default: the environment's).
-        endpoint_url: e.g. DynamoDB Local's.
-        create_table: create the table (on-demand capacity) if it does not exist.
-    """
+    """Checkpoints and leases of one application in a DynamoDB table (its arguments are
+    ``DynamoDBTable``'s: the table, the application, the AWS clients, where the table is and
+    whether to create it)."""
 
     # -- checkpoints ------------------------------------------------------------------------
 
