@@ -23,7 +23,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from fanout import __version__
-from fanout.config import HttpConfig, load_config
+from fanout.config import load_config
+from fanout.config.settings import HttpConfig
 from fanout.observe.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
