@@ -16,7 +16,8 @@ from fanout.records import Record
 
 if TYPE_CHECKING:
     from fanout.aws.clients import AwsClients
-    from fanout.config import Settings, StreamConfig
+    from fanout.config.settings import Settings
+    from fanout.config.streams import StreamConfig
     from fanout.httpclient import HttpClient
     from fanout.observe.metrics import Metrics
 

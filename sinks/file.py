@@ -22,7 +22,8 @@ import orjson
 from pydantic import Field
 
 from fanout.appendfile import DEFAULT_MODE, AppendFile
-from fanout.config import Duration, FileMode, SinkConfig
+from fanout.config import SinkConfig
+from fanout.config.types import Duration, FileMode
 from fanout.errors import SinkUnavailable
 from fanout.isolation import Offload
 from fanout.records import Record

@@ -36,7 +36,8 @@ import orjson
 from pydantic import Field
 
 from fanout.codepath import add_to_sys_path
-from fanout.config import Duration, SinkConfig
+from fanout.config import SinkConfig
+from fanout.config.types import Duration
 from fanout.errors import CallTimeout, ConfigError
 from fanout.isolation import Offload, own_cancellation
 from fanout.records import Record

@@ -17,15 +17,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from fanout.config import (
-    Config,
-    SinkConfig,
-    Unresolved,
-    build_config,
-    combine,
-    read_yaml,
-    substitute,
-)
+from fanout.config import Config, SinkConfig, build_config
+from fanout.config.loading import Unresolved, combine, read_yaml, substitute
 from fanout.errors import ConfigError, FanoutError
 from fanout.observe import crash
 from fanout.sink import SinkType

@@ -8,7 +8,8 @@ JSON is compressed with zlib (less to write) and cut into parts of at most ``PAR
 (attribute ``data``, binary; every part holds ``parts``, how many there are). A checkpoint
 written with window states is one ``TransactWriteItems``: the checkpoint's conditional
 update and a put of every part, so the state and the checkpoint are stored together or not
-at all. A transaction holds at most 100 items and 4 MB.
+at all. A transaction holds at most 100 items and 4 MB. ``DynamoDBWindows`` reads, writes
+and drops them through the store's table.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from fanout.progress.store import WindowState
+from fanout.progress.dynamodb_table import DynamoDBTable, counted
+from fanout.progress.store import CheckpointRow, WindowState
 
 PART_BYTES = 350_000
 
@@ -74,3 +76,28 @@ def assemble(prefix: str, items: Iterable[dict[str, Any]]) -> dict[str, WindowSt
         data = zlib.decompress(b"".join(parts[n] for n in range(count)))
         states[sink] = WindowState.from_json(sink, data)
     return states
+
+
+class DynamoDBWindows(DynamoDBTable):
+    """The window states of one application (part of ``DynamoDBCheckpointStore``)."""
+
+    async def _save_with_windows(self, row: CheckpointRow, update: dict[str, Any]) -> None:
+        puts = window_puts(self.table, self._application, row.stream_arn, row.shard_id, row.windows)
+        await self._call("transact_write_items", TransactItems=[{"Update": update}, *puts])
+
+    async def _window_items(self, stream_arn: str, shard_id: str) -> list[dict[str, Any]]:
+        return await self._query(
+            shard_prefix(stream_arn, shard_id), pk=windows_pk(self._application)
+        )
+
+    async def _drop_windows(self, stream_arn: str, shard_id: str) -> None:
+        for item in await self._window_items(stream_arn, shard_id):
+            await self._call(
+                "delete_item", TableName=self.table, Key={"pk": item["pk"], "sk": item["sk"]}
+            )
+
+    @counted
+    async def load_windows(self, stream_arn: str, shard_id: str) -> dict[str, WindowState]:
+        """The window states stored for one shard, by sink name."""
+        items = await self._window_items(stream_arn, shard_id)
+        return assemble(shard_prefix(stream_arn, shard_id), items)

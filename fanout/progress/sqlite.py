@@ -5,157 +5,49 @@ processes on it coordinate through the lease protocol of ``fanout.progress.lease
 as workers on a DynamoDB table do. Conditional writes run as ``BEGIN IMMEDIATE``
 transactions (read, check, write, with the rules of ``fanout.progress.rules``), so they are
 atomic between processes.
+
+The store is put together from its parts: ``fanout.progress.sqlite_schema`` (the tables,
+the file's creation and upgrade), ``fanout.progress.sqlite_db`` (connections, threads and
+transactions), ``fanout.progress.sqlite_windows`` (window states) and
+``fanout.progress.sqlite_backfill`` (backfill progress); this module holds checkpoints,
+leases and worker rows.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
-
-import anyio
-import anyio.to_thread
+from collections.abc import Sequence
+from typing import Any
 
 from fanout.errors import CheckpointError
-from fanout.isolation import Offload
 from fanout.progress import rules
+from fanout.progress.sqlite_backfill import SQLiteBackfills
+from fanout.progress.sqlite_schema import connect
+from fanout.progress.sqlite_windows import SQLiteWindows
 from fanout.progress.store import (
     NO_WORKER_ROW,
-    BackfillRow,
-    BackfillState,
     Checkpoint,
     CheckpointRow,
     Claim,
     LeaseToken,
     Release,
-    SegmentRow,
     Snapshot,
-    WindowState,
     WorkerRow,
-)
-
-log = logging.getLogger("fanout.checkpoint")
-
-T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS checkpoints (
-    application TEXT NOT NULL,
-    stream_arn TEXT NOT NULL,
-    shard_id TEXT NOT NULL,
-    sequence_number TEXT,
-    finished INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL,
-    owner TEXT,
-    counter INTEGER NOT NULL DEFAULT 0,
-    taken_at REAL,
-    handoff_to TEXT,
-    PRIMARY KEY (application, stream_arn, shard_id)
-);
-CREATE TABLE IF NOT EXISTS stream_starts (
-    application TEXT NOT NULL,
-    stream_arn TEXT NOT NULL,
-    start_timestamp REAL NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (application, stream_arn)
-);
-CREATE TABLE IF NOT EXISTS workers (
-    application TEXT NOT NULL,
-    worker_id TEXT NOT NULL,
-    heartbeat INTEGER NOT NULL,
-    heartbeat_at REAL NOT NULL,
-    started_at REAL NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    sinks TEXT NOT NULL,
-    leases INTEGER NOT NULL,
-    PRIMARY KEY (application, worker_id)
-);
-CREATE TABLE IF NOT EXISTS applications (
-    application TEXT PRIMARY KEY,
-    sinks TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS window_states (
-    application TEXT NOT NULL,
-    stream_arn TEXT NOT NULL,
-    shard_id TEXT NOT NULL,
-    sink TEXT NOT NULL,
-    state BLOB NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (application, stream_arn, shard_id, sink)
-);
-CREATE TABLE IF NOT EXISTS backfills (
-    application TEXT NOT NULL,
-    backfill_id TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    table_name TEXT NOT NULL,
-    sinks TEXT NOT NULL,
-    segments INTEGER NOT NULL,
-    version_time INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    origin TEXT NOT NULL,
-    done INTEGER NOT NULL DEFAULT 0,
-    owner TEXT,
-    owner_at REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (application, backfill_id)
-);
-CREATE TABLE IF NOT EXISTS backfill_segments (
-    application TEXT NOT NULL,
-    backfill_id TEXT NOT NULL,
-    segment INTEGER NOT NULL,
-    position TEXT,
-    items INTEGER NOT NULL,
-    done INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (application, backfill_id, segment)
-);
-"""
-
-_BACKFILL_COLUMNS = (
-    "backfill_id, stream, table_name, sinks, segments, version_time, created_at, origin, done, "
-    "owner, owner_at"
 )
 
 _COLUMNS = (
     "stream_arn, shard_id, sequence_number, finished, updated_at, owner, counter, taken_at, "
     "handoff_to"
 )
-# Another process holding the write lock waits this long before a call fails (and is retried).
-_BUSY_TIMEOUT_S = 10.0
 
 
 def _row(r: Sequence[Any]) -> Checkpoint:
     return Checkpoint(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], r[8])
 
 
-DB_MODE = 0o600
-"""Permissions of a checkpoint database this creates; SQLite gives its -wal and -shm files
-the database file's own."""
-
-
-def _create_private(path: Path) -> None:
-    """Create ``path`` empty with mode 0600 (whatever the umask) unless it exists: a database
-    SQLite creates itself gets 0644 less the umask, readable by every user of the host."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DB_MODE)
-    except FileExistsError:
-        return
-    try:
-        os.fchmod(fd, DB_MODE)
-    finally:
-        os.close(fd)
-
-
-def _backfill_row(r: Sequence[Any]) -> BackfillRow:
-    return BackfillRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9], r[10])
-
-
-class SQLiteCheckpointStore:
+class SQLiteCheckpointStore(SQLiteWindows, SQLiteBackfills):
     """Checkpoints and leases of one application in one SQLite file. Safe against
     ``kill -9`` at any moment.
 
@@ -174,152 +66,7 @@ class SQLiteCheckpointStore:
         application: whose rows this store reads and writes.
     """
 
-    def __init__(self, path: str | Path, application: str = "fanout") -> None:
-        self.path = Path(path)
-        self._application = application
-        self._db: sqlite3.Connection | None = None
-        self._lock = anyio.Lock()
-        # A thread of the store's own (never one a sink's slow call could take), and the
-        # readiness probe's own connection and thread (never queued behind a write).
-        self._limiter = anyio.CapacityLimiter(1)
-        self._prober = Offload(1, "fanout-store-probe")
-        self._probe_db: sqlite3.Connection | None = None
-        # The heartbeat thread's own connection (writes one row; WAL lets it in beside the
-        # event loop's connection, the busy timeout waits out a checkpoint transaction).
-        self._beat_db: sqlite3.Connection | None = None
-
-    @property
-    def application(self) -> str:
-        return self._application
-
-    @property
-    def describe(self) -> str:
-        return str(self.path)
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            try:
-                if self.path.parent != Path():
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                _create_private(self.path)
-                db = sqlite3.connect(
-                    self.path,
-                    check_same_thread=False,
-                    isolation_level=None,
-                    timeout=_BUSY_TIMEOUT_S,
-                )
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
-                self._migrate(db)
-                db.executescript(_SCHEMA)
-            except (sqlite3.Error, OSError) as exc:
-                raise CheckpointError(f"cannot open checkpoint store {self.path}: {exc}") from exc
-            self._db = db
-        return self._db
-
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        """Adopt a file from before applications: its rows become this application's."""
-        columns = {r[1] for r in db.execute("PRAGMA table_info(checkpoints)")}
-        if not columns or "application" in columns:
-            return
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            columns = {r[1] for r in db.execute("PRAGMA table_info(checkpoints)")}
-            if "application" in columns:  # another process upgraded it meanwhile
-                db.execute("ROLLBACK")
-                return
-            db.execute("ALTER TABLE checkpoints RENAME TO checkpoints_before_applications")
-            starts = {r[1] for r in db.execute("PRAGMA table_info(stream_starts)")}
-            if starts and "application" not in starts:
-                db.execute("ALTER TABLE stream_starts RENAME TO stream_starts_before_applications")
-            # executescript() would commit first: one statement at a time, in this transaction
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            app = self._application
-            adopted = db.execute(
-                "INSERT INTO checkpoints (application, stream_arn, shard_id, sequence_number, "
-                "finished, updated_at) SELECT ?, stream_arn, shard_id, sequence_number, finished, "
-                "updated_at FROM checkpoints_before_applications",
-                (app,),
-            ).rowcount
-            if starts and "application" not in starts:
-                db.execute(
-                    "INSERT INTO stream_starts (application, stream_arn, start_timestamp, "
-                    "created_at) SELECT ?, stream_arn, start_timestamp, created_at "
-                    "FROM stream_starts_before_applications",
-                    (app,),
-                )
-                db.execute("DROP TABLE stream_starts_before_applications")
-            db.execute("DROP TABLE checkpoints_before_applications")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        log.warning(
-            "checkpoints_adopted",
-            extra={
-                "application": app,
-                "shards": adopted,
-                "checkpoint_store": str(self.path),
-                "note": "checkpoints written before applications existed now belong to this "
-                "application",
-            },
-        )
-
-    async def _call(self, fn: Callable[..., T], *args: object) -> T:
-        async with self._lock:
-            try:
-                return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-            except sqlite3.Error as exc:
-                raise CheckpointError(f"checkpoint store {self.path}: {exc}") from exc
-
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction (the write lock from the start,
-        so a read-check-write is atomic between processes)."""
-        db = self._connect()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(db)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return result
-
-    async def open(self) -> None:
-        await self._call(self._connect)
-
-    async def aclose(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            async with self._lock:
-                await anyio.to_thread.run_sync(db.close, limiter=self._limiter)
-        if self._beat_db is not None:
-            beat, self._beat_db = self._beat_db, None
-            beat.close()
-        if self._probe_db is not None and not self._prober.running:
-            probe_db, self._probe_db = self._probe_db, None
-            await self._prober.run(probe_db.close)
-
-    async def probe(self) -> None:
-        """A cheap read on a connection of its own (WAL lets it in beside a write).
-
-        Raises:
-            CheckpointError: the store cannot be read.
-        """
-        try:
-            await self._prober.run(self._probe)
-        except sqlite3.Error as exc:
-            raise CheckpointError(f"checkpoint store {self.path}: {exc}") from exc
-
     # -- sync bodies (run in a thread) ------------------------------------------------------
-
-    def _probe(self) -> None:
-        if self._probe_db is None:
-            _create_private(self.path)
-            self._probe_db = sqlite3.connect(self.path, check_same_thread=False)
-        self._probe_db.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
     def _get(self, db: sqlite3.Connection, stream_arn: str, shard_id: str) -> Checkpoint | None:
         r = db.execute(
@@ -379,31 +126,6 @@ class SQLiteCheckpointStore:
             return rejected
 
         return self._write(body)
-
-    def _put_window(
-        self, db: sqlite3.Connection, row: CheckpointRow, window: WindowState, now: float
-    ) -> None:
-        db.execute(
-            "INSERT INTO window_states (application, stream_arn, shard_id, sink, state, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (application, stream_arn, shard_id, sink) DO UPDATE SET "
-            "state = excluded.state, updated_at = excluded.updated_at",
-            (self._application, row.stream_arn, row.shard_id, window.sink, window.to_json(), now),
-        )
-
-    def _drop_windows(self, db: sqlite3.Connection, stream_arn: str, shard_id: str) -> None:
-        db.execute(
-            "DELETE FROM window_states WHERE application = ? AND stream_arn = ? AND shard_id = ?",
-            (self._application, stream_arn, shard_id),
-        )
-
-    def _load_windows(self, stream_arn: str, shard_id: str) -> dict[str, WindowState]:
-        rows = self._connect().execute(
-            "SELECT sink, state FROM window_states WHERE application = ? AND stream_arn = ? "
-            "AND shard_id = ?",
-            (self._application, stream_arn, shard_id),
-        )
-        return {sink: WindowState.from_json(sink, data) for sink, data in rows}
 
     def _start(self, stream_arn: str, timestamp: float) -> tuple[float, bool]:
         def body(db: sqlite3.Connection) -> tuple[float, bool]:
@@ -569,103 +291,6 @@ class SQLiteCheckpointStore:
             (self._application, sinks, time.time()),
         )
 
-    def _backfill(self, db: sqlite3.Connection, backfill_id: str) -> BackfillRow | None:
-        r = db.execute(
-            f"SELECT {_BACKFILL_COLUMNS} FROM backfills "  # noqa: S608
-            "WHERE application = ? AND backfill_id = ?",
-            (self._application, backfill_id),
-        ).fetchone()
-        return _backfill_row(r) if r is not None else None
-
-    def _put_backfill(self, db: sqlite3.Connection, row: BackfillRow) -> None:
-        db.execute(
-            f"INSERT OR REPLACE INTO backfills (application, {_BACKFILL_COLUMNS}) "  # noqa: S608
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                self._application,
-                row.backfill_id,
-                row.stream,
-                row.table,
-                row.sinks,
-                row.segments,
-                row.version_time,
-                row.created_at,
-                row.origin,
-                int(row.done),
-                row.owner,
-                row.owner_at,
-            ),
-        )
-
-    def _backfills(self) -> list[BackfillState]:
-        db = self._connect()
-        db.execute("BEGIN")
-        try:
-            rows = [
-                _backfill_row(r)
-                for r in db.execute(
-                    f"SELECT {_BACKFILL_COLUMNS} FROM backfills "  # noqa: S608
-                    "WHERE application = ? ORDER BY backfill_id",
-                    (self._application,),
-                )
-            ]
-            segments = db.execute(
-                "SELECT backfill_id, segment, position, items, done FROM backfill_segments "
-                "WHERE application = ? ORDER BY backfill_id, segment",
-                (self._application,),
-            ).fetchall()
-        finally:
-            db.execute("COMMIT")
-        states = {row.backfill_id: BackfillState(row) for row in rows}
-        for r in segments:
-            state = states.get(r[0])
-            if state is not None:
-                state.segments[r[1]] = SegmentRow(r[0], r[1], r[2], r[3], bool(r[4]))
-        return list(states.values())
-
-    def _claim_backfill(self, row: BackfillRow, expected: BackfillRow | None) -> BackfillRow | None:
-        def body(db: sqlite3.Connection) -> BackfillRow | None:
-            new = rules.claim_backfill(self._backfill(db, row.backfill_id), row, expected)
-            if new is not None:
-                self._put_backfill(db, new)
-            return new
-
-        return self._write(body)
-
-    def _save_backfill(
-        self,
-        backfill_id: str,
-        owner: str,
-        segments: Sequence[SegmentRow],
-        done: bool,
-        release: bool,
-        now: float,
-    ) -> bool:
-        def body(db: sqlite3.Connection) -> bool:
-            old = self._backfill(db, backfill_id)
-            new = rules.save_backfill(old, owner, done=done, release=release, now=now)
-            if new is None:
-                return False
-            self._put_backfill(db, new)
-            db.executemany(
-                "INSERT OR REPLACE INTO backfill_segments (application, backfill_id, segment, "
-                "position, items, done) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        self._application,
-                        backfill_id,
-                        seg.segment,
-                        seg.position,
-                        seg.items,
-                        int(seg.done),
-                    )
-                    for seg in segments
-                ],
-            )
-            return True
-
-        return self._write(body)
-
     # -- async API --------------------------------------------------------------------------
 
     async def load(self, stream_arn: str) -> dict[str, Checkpoint]:
@@ -697,10 +322,6 @@ class SQLiteCheckpointStore:
         """Every shard row of the application, ordered by stream ARN and shard id."""
         return await self._call(self._all)
 
-    async def load_windows(self, stream_arn: str, shard_id: str) -> dict[str, WindowState]:
-        """The window states stored for one shard, by sink name."""
-        return await self._call(self._load_windows, stream_arn, shard_id)
-
     async def scan(self) -> Snapshot:
         return await self._call(self._scan)
 
@@ -730,14 +351,7 @@ class SQLiteCheckpointStore:
     def heartbeat_sync(self, worker: WorkerRow) -> None:
         try:
             if self._beat_db is None:
-                _create_private(self.path)
-                self._beat_db = sqlite3.connect(
-                    self.path,
-                    check_same_thread=False,
-                    isolation_level=None,
-                    timeout=_BUSY_TIMEOUT_S,
-                )
-                self._beat_db.execute("PRAGMA synchronous=FULL")
+                self._beat_db = connect(self.path, wal=False)
             self._heartbeat(worker, self._beat_db)
         except sqlite3.Error as exc:
             raise CheckpointError(f"checkpoint store {self.path}: {exc}") from exc
@@ -747,26 +361,3 @@ class SQLiteCheckpointStore:
 
     async def record_sinks(self, sinks: str) -> None:
         await self._call(self._record_sinks, sinks)
-
-    async def backfills(self) -> list[BackfillState]:
-        return await self._call(self._backfills)
-
-    async def claim_backfill(
-        self, row: BackfillRow, expected: BackfillRow | None
-    ) -> BackfillRow | None:
-        return await self._call(self._claim_backfill, row, expected)
-
-    async def save_backfill(
-        self,
-        backfill_id: str,
-        owner: str,
-        segments: Sequence[SegmentRow],
-        *,
-        done: bool = False,
-        release: bool = False,
-        now: float | None = None,
-    ) -> bool:
-        when = time.time() if now is None else now
-        return await self._call(
-            self._save_backfill, backfill_id, owner, segments, done, release, when
-        )

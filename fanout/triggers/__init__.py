@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from fanout.config import combine
+from fanout.config.loading import combine
 from fanout.errors import ConfigError
 from fanout.triggers import cloudformation, serverless, triggers_json
 from fanout.triggers.mapping import sink_options, starting_position, stream_of

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
-from fanout.config import Model, Settings, SinkConfig, parse_duration
+from fanout.config import Settings, SinkConfig
+from fanout.config.types import Model, parse_duration
 from fanout.errors import ConfigError
 
 # Attribute names the sink writes beside the measures; a measure cannot take them.

@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fanout.config import Model, SinkConfig
+from fanout.config import SinkConfig
+from fanout.config.types import Model
 from sinks.notify.format import BodyFormat, check_fields, check_template
 
 

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import Field, SecretStr, field_validator
 
-from fanout.config import Duration
+from fanout.config.types import Duration
 from fanout.errors import ConfigError
 from fanout.records import Record, dumps_plain
 from fanout.sink import Failure, Failures, SinkContext, SinkType

@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from fanout.config import Duration, Model, SinkConfig
+from fanout.config import SinkConfig
+from fanout.config.types import Duration, Model
 from fanout.errors import ConfigError
 from sinks.opensearch.document import Template, index_name_problem
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import anyio
 
-from fanout.config import DeadLetterConfig, RetryConfig, SinkConfig
+from fanout.config import SinkConfig
+from fanout.config.sinks import DeadLetterConfig, RetryConfig
 from fanout.delivery import Lane, Route, ShardDispatch, SinkGate, open_lane
 from fanout.errors import DeadLetterError
 from fanout.observe.metrics import Metrics

@@ -11,7 +11,7 @@ import anyio
 import orjson
 import pytest
 
-from fanout.config import parse_size
+from fanout.config.types import parse_size
 from fanout.observe.metrics import Metrics
 from fanout.progress.tracker import ShardProgress
 from fanout.stream.budget import (

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from fanout.cli import main
-from fanout.config import build_config, load_config, parse_duration
+from fanout.config import build_config, load_config
+from fanout.config.types import parse_duration
 from fanout.errors import ConfigError
 
 VALID = """

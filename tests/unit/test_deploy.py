@@ -23,7 +23,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from fanout import __version__
-from fanout.config import HttpConfig, load_config
+from fanout.config import load_config
+from fanout.config.settings import HttpConfig
 from fanout.observe.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -693,7 +694,7 @@ def test_the_backfill_statement_grants_exactly_what_fanout_backfill_calls_on_the
 def test_the_lease_table_statements_grant_exactly_what_the_store_calls():
     policy = json.loads((DEPLOY / "iam-policy.json").read_text())
     actions = {s["Sid"]: set(s["Action"]) for s in policy["Statement"]}
-    source = (REPO / "fanout" / "progress" / "dynamodb.py").read_text()
+    source = "".join(p.read_text() for p in (REPO / "fanout" / "progress").glob("dynamodb*.py"))
     calls = set(re.findall(r'_call\(\s*"(\w+)"', source))
     iam = {
         "query": {"dynamodb:Query"},

@@ -24,7 +24,7 @@ from fanout.errors import DeadLetterError
 
 if TYPE_CHECKING:
     from fanout.aws.clients import AwsClients
-    from fanout.config import OverflowConfig
+    from fanout.config.sinks import OverflowConfig
     from fanout.delivery.deadletter.s3 import S3Bucket
 
 Pointer = dict[str, Any]
