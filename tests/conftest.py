@@ -142,32 +142,40 @@ def ddbstreams_client(dynamodb_local: local.DynamoDBLocal) -> Iterator[Any]:
     client.close()
 
 
+STREAM = {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+
+
 @pytest.fixture
 def ddb_table(
     request: pytest.FixtureRequest, ddb_client: Any
 ) -> Iterator[Callable[..., tuple[str, str]]]:
-    """Factory: ``ddb_table(sort_key=False) -> (table_name, stream_arn)``.
+    """Factory: ``ddb_table(sort_key=False, stream=True) -> (table_name, stream_arn)``.
 
     Each call creates a uniquely named table with key ``pk`` (S, HASH), plus ``sk`` (S, RANGE)
-    when `sort_key` is true, and a NEW_AND_OLD_IMAGES stream. Tables are deleted afterwards.
+    when `sort_key` is true, and a NEW_AND_OLD_IMAGES stream unless `stream` is false (the
+    ARN is then ""). Tables are deleted afterwards (DynamoDB Local keeps a deleted table's
+    stream records, as DynamoDB does for a day: large loads belong on tables without one).
     """
     created: list[str] = []
 
-    def make(*, sort_key: bool = False) -> tuple[str, str]:
+    def make(*, sort_key: bool = False, stream: bool = True) -> tuple[str, str]:
         name = unique_name(request, "t")
         keys = [("pk", "HASH"), ("sk", "RANGE")] if sort_key else [("pk", "HASH")]
+        options: dict[str, Any] = {}
+        if stream:
+            options["StreamSpecification"] = STREAM
         response = ddb_client.create_table(
             TableName=name,
             KeySchema=[{"AttributeName": k, "KeyType": t} for k, t in keys],
             AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k, _ in keys],
             BillingMode="PAY_PER_REQUEST",
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+            **options,
         )
         created.append(name)
         ddb_client.get_waiter("table_exists").wait(
             TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
         )
-        return name, response["TableDescription"]["LatestStreamArn"]
+        return name, response["TableDescription"].get("LatestStreamArn", "")
 
     yield make
     for name in created:

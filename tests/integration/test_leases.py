@@ -186,7 +186,7 @@ def test_three_workers_spread_fail_over_hand_over_and_let_a_fourth_join(
         codes = {name: w.stop() for name, w in workers.items() if name != "w1"}
         table.close()
     assert codes == {"w2": 0, "w3": 0, "w4": 0}
-    assert writer.rollovers >= 10
+    assert writer.rollovers >= 5  # shards rolled over throughout (one every 1.5 s)
     lines = [line for w in workers.values() for line in w.deliveries()]
     for sink in SINKS:
         assert {line["seq"] for line in lines if line["sink"] == sink} == every
