@@ -78,7 +78,7 @@ def aws_env() -> Iterator[None]:
         yield
 
 
-def _boto3_client(service: str, endpoint_url: str) -> Any:
+def boto3_client(service: str, endpoint_url: str) -> Any:
     import boto3
 
     return boto3.client(
@@ -129,7 +129,7 @@ def fanout_dynamodb(dynamodb_local: local.DynamoDBLocal) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def ddb_client(dynamodb_local: local.DynamoDBLocal) -> Iterator[Any]:
     """A sync boto3 DynamoDB client bound to DynamoDB Local."""
-    client = _boto3_client("dynamodb", dynamodb_local.endpoint_url)
+    client = boto3_client("dynamodb", dynamodb_local.endpoint_url)
     yield client
     client.close()
 
@@ -137,7 +137,7 @@ def ddb_client(dynamodb_local: local.DynamoDBLocal) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def ddbstreams_client(dynamodb_local: local.DynamoDBLocal) -> Iterator[Any]:
     """A sync boto3 DynamoDB Streams client bound to DynamoDB Local."""
-    client = _boto3_client("dynamodbstreams", dynamodb_local.endpoint_url)
+    client = boto3_client("dynamodbstreams", dynamodb_local.endpoint_url)
     yield client
     client.close()
 
@@ -218,7 +218,7 @@ def moto_server(aws_env: None) -> Iterator[MotoServer]:
 @pytest.fixture(scope="session")
 def sqs_client(moto_server: MotoServer) -> Iterator[Any]:
     """A sync boto3 SQS client bound to the moto server."""
-    client = _boto3_client("sqs", moto_server.endpoint_url)
+    client = boto3_client("sqs", moto_server.endpoint_url)
     yield client
     client.close()
 
@@ -252,7 +252,7 @@ def sqs_queue(request: pytest.FixtureRequest, sqs_client: Any) -> Iterator[Calla
 @pytest.fixture(scope="session")
 def sns_client(moto_server: MotoServer) -> Iterator[Any]:
     """A sync boto3 SNS client bound to the moto server."""
-    client = _boto3_client("sns", moto_server.endpoint_url)
+    client = boto3_client("sns", moto_server.endpoint_url)
     yield client
     client.close()
 
@@ -260,7 +260,7 @@ def sns_client(moto_server: MotoServer) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def events_client(moto_server: MotoServer) -> Iterator[Any]:
     """A sync boto3 EventBridge client bound to the moto server."""
-    client = _boto3_client("events", moto_server.endpoint_url)
+    client = boto3_client("events", moto_server.endpoint_url)
     yield client
     client.close()
 
@@ -268,7 +268,7 @@ def events_client(moto_server: MotoServer) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def s3_client(moto_server: MotoServer) -> Iterator[Any]:
     """A sync boto3 S3 client bound to the moto server."""
-    client = _boto3_client("s3", moto_server.endpoint_url)
+    client = boto3_client("s3", moto_server.endpoint_url)
     yield client
     client.close()
 

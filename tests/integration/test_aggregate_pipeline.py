@@ -21,9 +21,14 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.integration.own_dynamodb import own_dynamodb_local
 from tests.integration.process import REPO, WorkerProcess, checkpoint, read_lines, wait_for
 
 pytestmark = pytest.mark.integration
+
+# This module writes thousands of stream records: a DynamoDB Local of its own keeps them from
+# slowing the other modules' streams (tests/integration/own_dynamodb.py).
+dynamodb_local, ddb_client, ddbstreams_client = own_dynamodb_local()
 
 TOTAL, ITEMS, CUSTOMERS, REGIONS = 10_000, 300, 12, ("eu", "us", "ap")
 WRITE_BATCH = 25  # BatchWriteItem's limit; the keys of one batch are distinct

@@ -19,9 +19,14 @@ import pytest
 
 from fanout.testing.searchserver import SearchServer, ServerThread
 from sinks.opensearch.document import version_of
+from tests.integration.own_dynamodb import own_dynamodb_local
 from tests.integration.process import REPO, WorkerProcess, checkpoint, read_lines, wait_for
 
 pytestmark = pytest.mark.integration
+
+# This module writes thousands of stream records: a DynamoDB Local of its own keeps them from
+# slowing the other modules' streams (tests/integration/own_dynamodb.py).
+dynamodb_local, ddb_client, ddbstreams_client = own_dynamodb_local()
 
 TOTAL, KEYS = 5000, 300
 

@@ -11,9 +11,14 @@ from typing import Any
 
 import pytest
 
+from tests.integration.own_dynamodb import own_dynamodb_local
 from tests.integration.process import WorkerProcess, read_lines, wait_for
 
 pytestmark = pytest.mark.integration
+
+# This module writes thousands of stream records: a DynamoDB Local of its own keeps them from
+# slowing the other modules' streams (tests/integration/own_dynamodb.py).
+dynamodb_local, ddb_client, ddbstreams_client = own_dynamodb_local()
 
 
 def write_config(tmp_path: Path, table: str, endpoint: str) -> Path:
