@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import anyio
 from anyio.abc import TaskGroup
@@ -34,26 +34,20 @@ from fanout.progress.store import Checkpoint, CheckpointRow
 from fanout.progress.tracker import ShardProgress
 from fanout.stream.api import Shard
 from fanout.stream.budget import ShardBytes
-from fanout.stream.gaps import DataLossError, Gap, iso, record_loss, unknown_gap
+from fanout.stream.gaps import DataLossError, Gap, iso, record_loss
 from fanout.stream.listing import ACTIVE, Listing, list_shards, lookup_children
+from fanout.stream.losses import (
+    stale_checkpoints,
+    stream_gone_gap,
+    trimmed_shard_gap,
+    unread_shards,
+    vanished_shards,
+)
 from fanout.stream.parts import DiscoveryStatus, StreamParts, StreamStart
 from fanout.stream.reader import ReaderContext, ShardReader
+from fanout.stream.shardrun import Reading
 
 log = logging.getLogger("fanout.stream")
-
-
-@dataclass(eq=False)
-class _Reading:
-    """One shard being read under a lease: what stopping it needs."""
-
-    shard: Shard
-    progress: ShardProgress
-    dispatch: ShardDispatch
-    lease: HeldLease
-    held: ShardBytes
-    reader: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    lanes: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    stopped: bool = False  # lost or handed over: the reader's task must not finish it
 
 
 class ShardGraph:
@@ -106,7 +100,7 @@ class ShardGraph:
         self._readers: TaskGroup | None = None
         self._failure: FanoutError | None = None
         self._wanted: dict[str, Shard] = {}  # readable, not read here: leases are sought
-        self._reading: dict[str, _Reading] = {}
+        self._reading: dict[str, Reading] = {}
         self._wake = anyio.Event()
         interval = self.config.discovery_interval
         delay = self.options.child_lookup_delay
@@ -197,9 +191,7 @@ class ShardGraph:
         reading = self._reading.pop(shard_id, None)
         if reading is None:
             return
-        reading.stopped = True
-        reading.reader.cancel()
-        reading.lanes.cancel()
+        reading.stop_now()
         self._forget(reading)
 
     async def hand_over(self, shard_id: str) -> None:
@@ -208,14 +200,7 @@ class ShardGraph:
         reading = self._reading.get(shard_id)
         if reading is None:
             return
-        reading.stopped = True
-        reading.reader.cancel()
-        reading.dispatch.close()
-        with anyio.move_on_after(self.leases.timing.duration / 2):
-            await reading.progress.drained()
-        reading.lanes.cancel()
-        if reading.lease.valid():
-            await self.writer.checkpoint(reading.progress, stream=self.name)
+        await reading.wind_down(self.leases.timing.duration / 2, self._checkpoint, stop_reader=True)
         self._reading.pop(shard_id, None)
         self._forget(reading)
         log.info(
@@ -223,21 +208,21 @@ class ShardGraph:
             extra={"stream": self.name, "shard": shard_id, "seq": reading.progress.frontier},
         )
 
-    async def _give_up(self, reading: _Reading) -> None:
+    async def _give_up(self, reading: Reading) -> None:
         """The reader stopped unfinished (the shard or stream seemed gone; discovery decides):
         settle and checkpoint what was read, release the lease, and seek it again."""
-        with anyio.move_on_after(self.leases.timing.duration / 2):
-            await reading.progress.drained()
-        reading.stopped = True
-        reading.lanes.cancel()
-        if reading.lease.valid():
-            await self.writer.checkpoint(reading.progress, stream=self.name)
+        await reading.wind_down(
+            self.leases.timing.duration / 2, self._checkpoint, stop_reader=False
+        )
         self._reading.pop(reading.shard.shard_id, None)
         await self.leases.release(reading.lease)
         self._forget(reading)
         self.leases.poke()
 
-    def _forget(self, reading: _Reading) -> None:
+    async def _checkpoint(self, progress: ShardProgress) -> bool:
+        return await self.writer.checkpoint(progress, stream=self.name)
+
+    def _forget(self, reading: Reading) -> None:
         sid = reading.shard.shard_id
         reading.held.release_all()  # whatever its cancelled lanes still held
         self.running.discard(sid)
@@ -282,20 +267,18 @@ class ShardGraph:
     def warn_old_checkpoints(self) -> None:
         """Log the unfinished checkpoints written longer ago than the retention: records
         after them may have been trimmed (checked when the shard is read)."""
-        limit = time.time() - self.options.retention
-        for sid, cp in self.checkpoints.items():
-            if not cp.finished and cp.sequence is not None and cp.updated_at < limit:
-                log.warning(
-                    "checkpoint_older_than_retention",
-                    extra={
-                        "stream": self.name,
-                        "shard": sid,
-                        "seq": cp.sequence,
-                        "checkpoint_written_at": iso(cp.updated_at),
-                        "age_h": round((time.time() - cp.updated_at) / 3600, 1),
-                        "note": "records after it may have been trimmed; checked when read",
-                    },
-                )
+        for sid, cp in stale_checkpoints(self.checkpoints, time.time() - self.options.retention):
+            log.warning(
+                "checkpoint_older_than_retention",
+                extra={
+                    "stream": self.name,
+                    "shard": sid,
+                    "seq": cp.sequence,
+                    "checkpoint_written_at": iso(cp.updated_at),
+                    "age_h": round((time.time() - cp.updated_at) / 3600, 1),
+                    "note": "records after it may have been trimmed; checked when read",
+                },
+            )
 
     # -- discovery --------------------------------------------------------------------------
 
@@ -432,25 +415,12 @@ class ShardGraph:
     # -- shards and streams that vanish -----------------------------------------------------
 
     async def _vanished_shards(self, listed: set[str], since: float) -> None:
-        """Shards with unread records that are no longer listed were trimmed away whole.
-
-        Only shards seen before this listing started count: one found meanwhile (a child
-        looked up at its parent's end) may be missing from pages read before it existed.
-        """
-        unfinished = {sid for sid, c in self.checkpoints.items() if not c.finished}
-        seen = {sid for sid, t in self._seen.items() if t < since}
-        lost = sorted((seen | unfinished) - listed - self.finished - self.running)
-        for sid in lost:
-            cp = self.checkpoints.get(sid)
-            gap = unknown_gap(
-                sid,
-                cp.sequence if cp else None,
-                cp.updated_at if cp else None,
-                "the shard is no longer listed (older than the stream's retention) "
-                "and was not read to its end",
-            )
+        """Shards with unread records that are no longer listed were trimmed away whole
+        (``fanout.stream.losses.vanished_shards``)."""
+        done = self.finished | self.running
+        for sid in vanished_shards(self.checkpoints, self._seen, since, listed, done):
             try:
-                self.record_loss(gap)
+                self.record_loss(trimmed_shard_gap(sid, self.checkpoints.get(sid)))
             except DataLossError as exc:
                 self._fail(exc)
                 return
@@ -460,8 +430,7 @@ class ShardGraph:
 
     async def _stream_gone(self) -> None:
         """The stream answered ResourceNotFoundException: account for what was not read."""
-        unfinished = {sid for sid, c in self.checkpoints.items() if not c.finished}
-        unread = sorted((set(self.listed) | unfinished | self.running) - self.finished)
+        unread = unread_shards(self.checkpoints, self.listed, self.running, self.finished)
         log.error(
             "stream_gone",
             extra={
@@ -475,14 +444,8 @@ class ShardGraph:
             self._readers.cancel_scope.cancel()
         if not unread:
             return
-        gap = unknown_gap(
-            ",".join(unread[:10]) + ("..." if len(unread) > 10 else ""),
-            None,
-            None,
-            f"the stream is gone with {len(unread)} shard(s) not read to their end",
-        )
         try:
-            self.record_loss(gap)
+            self.record_loss(stream_gone_gap(unread))
         except DataLossError as exc:
             self._fail(exc)
 
@@ -507,15 +470,16 @@ class ShardGraph:
                 lambda: self.parts.store.load_windows(self.stream_arn, sid), stream=self.name
             )
 
-        async def persist() -> bool:
-            return await self.writer.checkpoint(progress, stream=self.name)
-
         dispatch = ShardDispatch(
-            progress, self.parts.routes, self.metrics, windows=windows, persist=persist
+            progress,
+            self.parts.routes,
+            self.metrics,
+            windows=windows,
+            persist=lambda: self._checkpoint(progress),
         )
-        reading = _Reading(shard, progress, dispatch, lease, held)
+        reading = Reading(shard, progress, dispatch, lease, held)
         self._reading[sid] = reading
-        self.parts.lanes.start_soon(self._run_lanes, reading)
+        self.parts.lanes.start_soon(reading.run_lanes)
         reader = ShardReader(
             self._context,
             shard,
@@ -561,10 +525,6 @@ class ShardGraph:
             "shard_finished", extra={"stream": self.name, "shard": sid, "seq": progress.frontier}
         )
         await self._start_children(sid)
-
-    async def _run_lanes(self, reading: _Reading) -> None:
-        with reading.lanes:
-            await reading.dispatch.run()
 
     async def _start_children(self, shard_id: str) -> None:
         """Look the ended shard's children up at once and start them."""
