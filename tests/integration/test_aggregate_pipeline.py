@@ -107,6 +107,27 @@ def random_item(
     return item
 
 
+def write_batch(
+    ddb_client: Any,
+    table: str,
+    rng: random.Random,
+    current: dict[str, dict[str, Any]],
+    version: int,
+) -> None:
+    """One BatchWriteItem of ``WRITE_BATCH`` distinct random items: puts (new items, or
+    changes of their customer, region or amount) and deletes; ``current`` follows."""
+    requests = []
+    for n in rng.sample(range(ITEMS), WRITE_BATCH):
+        key = f"k{n}"
+        if key in current and rng.random() < 0.15:
+            requests.append({"DeleteRequest": {"Key": {"pk": {"S": key}}}})
+            del current[key]
+        else:
+            current[key] = random_item(rng, key, current.get(key), version)
+            requests.append({"PutRequest": {"Item": current[key]}})
+    ddb_client.batch_write_item(RequestItems={table: requests})
+
+
 def dead_lettered(directory: Path, sink: str) -> bool:
     return len(read_lines(directory / f"dlq-{sink}.jsonl")) > 0
 
@@ -209,17 +230,7 @@ def test_aggregates_equal_a_recomputation_through_kills_an_outage_a_redrive_and_
     try:
         written = 0
         while written < TOTAL:
-            keys = rng.sample(range(ITEMS), WRITE_BATCH)
-            requests = []
-            for n in keys:
-                key = f"k{n}"
-                if key in current and rng.random() < 0.15:
-                    requests.append({"DeleteRequest": {"Key": {"pk": {"S": key}}}})
-                    del current[key]
-                else:
-                    current[key] = random_item(rng, key, current.get(key), written)
-                    requests.append({"PutRequest": {"Item": current[key]}})
-            ddb_client.batch_write_item(RequestItems={source: requests})
+            write_batch(ddb_client, source, rng, current, written)
             before, written = written, written + WRITE_BATCH
             for mark in KILLS:
                 if before < mark <= written:
@@ -301,16 +312,7 @@ def test_two_workers_sharing_the_stream_through_leases_keep_the_aggregates_exact
     workers = [WorkerProcess(config, tmp_path / "unused.jsonl", log) for _ in range(2)]
     written = 0
     while written < total:
-        requests = []
-        for n in rng.sample(range(ITEMS), WRITE_BATCH):
-            key = f"k{n}"
-            if key in current and rng.random() < 0.15:
-                requests.append({"DeleteRequest": {"Key": {"pk": {"S": key}}}})
-                del current[key]
-            else:
-                current[key] = random_item(rng, key, current.get(key), written)
-                requests.append({"PutRequest": {"Item": current[key]}})
-        ddb_client.batch_write_item(RequestItems={source: requests})
+        write_batch(ddb_client, source, rng, current, written)
         written += WRITE_BATCH
         if written == total // 2:
             wait_for(lambda: checkpoint(db) > 0, 60, "progress before the kill")
