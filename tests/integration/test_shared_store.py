@@ -174,18 +174,31 @@ def test_one_configuration_twice_shares_and_other_sinks_under_its_name_refuse(tm
         assert b.wait() == 0
 
 
+def free_port_pair() -> int:
+    """A port P such that P and P + 1 were both free just now (one per worker process)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two consecutive free ports")
+
+
 def test_run_with_processes_starts_a_group_that_shares_the_shards_and_stops_as_one(
     tmp_path, server
 ):
-    import socket
     import urllib.request
 
     stream = server.add_stream("Orders", shards=4)
     every = fill(server, stream)
     db = tmp_path / "fanout.db"
-    with socket.socket() as probe:  # two free consecutive ports are very likely after this
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port_pair()
     path = config(tmp_path / "group.yaml", server, stream, db, handler_sink("audit"))
     path.write_text(
         path.read_text().replace(
