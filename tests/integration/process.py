@@ -10,9 +10,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from fanout.testing.searchserver import SearchServer
 
 REPO = Path(__file__).parents[2]
 
@@ -96,3 +99,31 @@ def checkpoint(db: Path) -> int:
     finally:
         con.close()
     return max((int(seq) for (seq,) in rows), default=0)
+
+
+def stream_records(ddb_streams: Any, stream_arn: str) -> list[dict[str, Any]]:
+    """Every record of every shard of a DynamoDB Local stream, read to its end."""
+    records = []
+    shards = ddb_streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
+    for shard in shards:
+        iterator = ddb_streams.get_shard_iterator(
+            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        empty = 0
+        while iterator and empty < 3:
+            page = ddb_streams.get_records(ShardIterator=iterator, Limit=1000)
+            records.extend(page["Records"])
+            empty = 0 if page["Records"] else empty + 1
+            iterator = page.get("NextShardIterator")
+    return records
+
+
+def index_as_documents(server: SearchServer) -> dict[str, dict[str, Any]]:
+    """The documents of the local search server's ``orders`` index without fanout's
+    bookkeeping, tags sorted (a set in the table)."""
+    docs = {}
+    for doc_id, source in server.documents("orders").items():
+        body = {k: v for k, v in source.items() if k != "_fanout"}
+        body["tags"] = sorted(body["tags"])
+        docs[doc_id] = body
+    return docs

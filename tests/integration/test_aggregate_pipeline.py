@@ -22,7 +22,14 @@ import orjson
 import pytest
 
 from tests.integration.own_dynamodb import own_dynamodb_local
-from tests.integration.process import REPO, WorkerProcess, checkpoint, read_lines, wait_for
+from tests.integration.process import (
+    REPO,
+    WorkerProcess,
+    checkpoint,
+    read_lines,
+    stream_records,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -130,22 +137,6 @@ def write_batch(
 
 def dead_lettered(directory: Path, sink: str) -> bool:
     return len(read_lines(directory / f"dlq-{sink}.jsonl")) > 0
-
-
-def stream_records(ddb_streams: Any, stream_arn: str) -> list[dict[str, Any]]:
-    records = []
-    shards = ddb_streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
-    for shard in shards:
-        iterator = ddb_streams.get_shard_iterator(
-            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        empty = 0
-        while iterator and empty < 3:
-            page = ddb_streams.get_records(ShardIterator=iterator, Limit=1000)
-            records.extend(page["Records"])
-            empty = 0 if page["Records"] else empty + 1
-            iterator = page.get("NextShardIterator")
-    return records
 
 
 def scan(ddb_client: Any, table: str) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ import pytest
 
 from fanout.testing.searchserver import SearchServer, ServerThread
 from tests.conftest import STREAM
-from tests.integration.process import REPO, WorkerProcess, read_lines, wait_for
+from tests.integration.process import REPO, WorkerProcess, index_as_documents, read_lines, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -89,15 +89,6 @@ def table_as_documents(ddb_client: Any, table: str) -> dict[str, dict[str, Any]]
     for page in ddb_client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
         for row in page["Items"]:
             docs[row["pk"]["S"]] = {k: plain(v) for k, v in row.items()}
-    return docs
-
-
-def index_as_documents(server: SearchServer) -> dict[str, dict[str, Any]]:
-    docs = {}
-    for doc_id, source in server.documents("orders").items():
-        body = {k: v for k, v in source.items() if k != "_fanout"}
-        body["tags"] = sorted(body["tags"])
-        docs[doc_id] = body
     return docs
 
 

@@ -20,7 +20,15 @@ import pytest
 from fanout.testing.searchserver import SearchServer, ServerThread
 from sinks.opensearch.document import version_of
 from tests.integration.own_dynamodb import own_dynamodb_local
-from tests.integration.process import REPO, WorkerProcess, checkpoint, read_lines, wait_for
+from tests.integration.process import (
+    REPO,
+    WorkerProcess,
+    checkpoint,
+    index_as_documents,
+    read_lines,
+    stream_records,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -101,31 +109,6 @@ def table_as_documents(ddb_client: Any, table: str) -> dict[str, dict[str, Any]]
         for row in page["Items"]:
             docs[f"{row['pk']['S']}#{row['sk']['S']}"] = {k: plain(v) for k, v in row.items()}
     return docs
-
-
-def index_as_documents(server: SearchServer) -> dict[str, dict[str, Any]]:
-    docs = {}
-    for doc_id, source in server.documents("orders").items():
-        body = {k: v for k, v in source.items() if k != "_fanout"}
-        body["tags"] = sorted(body["tags"])
-        docs[doc_id] = body
-    return docs
-
-
-def stream_records(ddb_streams: Any, stream_arn: str) -> list[dict[str, Any]]:
-    records = []
-    shards = ddb_streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
-    for shard in shards:
-        iterator = ddb_streams.get_shard_iterator(
-            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        empty = 0
-        while iterator and empty < 3:
-            page = ddb_streams.get_records(ShardIterator=iterator, Limit=1000)
-            records.extend(page["Records"])
-            empty = 0 if page["Records"] else empty + 1
-            iterator = page.get("NextShardIterator")
-    return records
 
 
 def accepted_writes(server: SearchServer) -> int:
