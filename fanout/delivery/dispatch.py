@@ -116,7 +116,7 @@ class ShardDispatch:
         parts: list[list[Record]] = []
         for route, filtered in zip(self.routes, self._filtered, strict=True):
             predicate = route.predicate
-            matched = records if predicate is None else [r for r in records if predicate(r)]
+            matched = records if predicate is None else list(filter(predicate, records))
             if len(matched) != len(records):
                 filtered.inc(len(records) - len(matched))
             parts.append(matched)

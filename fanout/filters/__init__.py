@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fanout.errors import ConfigError
-from fanout.filters.compiler import compile_branch
+from fanout.filters.compiler import compile_branch, tests_type
 from fanout.filters.patterns import (
     EXTENSION_OPERATORS,
     MAX_FIELDS_PER_BRANCH,
@@ -85,6 +85,8 @@ def _any(predicates: list[Predicate]) -> Callable[[Record], bool]:
     """OR the branch predicates (which expect a dict) into one record predicate."""
     if len(predicates) == 1:
         (only,) = predicates
+        if tests_type(only):
+            return only
         return lambda e: type(e) is dict and only(e)
     if len(predicates) == 2:
         first, second = predicates
