@@ -47,7 +47,7 @@ from fanout.progress.writer import CheckpointWriter
 from fanout.retry import RetryPolicy
 from fanout.sink import Sink, SinkContext
 from fanout.stream.api import StreamsAPI
-from fanout.stream.budget import MemoryBudget
+from fanout.stream.budget import PER_SHARD_BYTES, MemoryBudget
 from fanout.stream.client import StreamsClient
 from fanout.stream.follow import StreamWorker
 from fanout.stream.reader import ReaderOptions
@@ -140,9 +140,13 @@ class Worker:
         self._stop = anyio.Event()
         self._fatal: BaseException | None = None
         # Bytes of records read and not settled, for the whole process (max_buffered_bytes).
-        self.budget = MemoryBudget(config.max_buffered_bytes)
+        # Unset, it follows the shards being read (``fanout.stream.budget``).
+        self.budget = MemoryBudget(
+            config.max_buffered_bytes,
+            None if self.settings.max_buffered_bytes else PER_SHARD_BYTES,
+        )
         self.metrics.buffered_bytes.set_function(lambda: self.budget.used)
-        self.metrics.buffered_bytes_limit.set(config.max_buffered_bytes)
+        self.metrics.buffered_bytes_limit.set_function(lambda: self.budget.limit or 0)
         names = list(self.settings.streams)
         self.metrics.declare(
             names, {name: cfg.streams or names for name, cfg in config.sinks.items()}

@@ -64,8 +64,9 @@ class Config:
 
     @property
     def max_buffered_bytes(self) -> int:
-        """The byte budget of buffered records: ``max_buffered_bytes``, else half the
-        container's memory limit, else 512 MiB."""
+        """The byte budget of buffered records: ``max_buffered_bytes``, else the most the
+        default budget grows to (it follows the shards being read): half the container's
+        memory limit, else 512 MiB."""
         from fanout.stream.budget import default_budget
 
         return self.settings.max_buffered_bytes or default_budget()

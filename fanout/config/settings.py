@@ -143,7 +143,8 @@ class Settings(BaseSettings):
         description="Memory that records read and not yet settled by every sink may take, "
         "process-wide (estimated from each page's JSON: parsed records take about ten times "
         "their wire size); shard readers wait for room before reading a page. Bytes or e.g. "
-        "'512MiB'. Default: half the container's memory limit, else 512MiB.",
+        "'512MiB'. Default: 16MiB per shard being read (at least 32MiB), at most half the "
+        "container's memory limit, else 512MiB.",
     )
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     shutdown_grace: Duration = Field(

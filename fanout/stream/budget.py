@@ -13,6 +13,16 @@ while the budget is full; once the page is read, the reservation becomes the pag
 weight. Waiters are served in order. A page larger than the whole budget is admitted alone
 (when nothing else is held), so an oversized page slows the worker down instead of
 stopping it. Accounting costs a few operations per page, none per record.
+
+When the config sets no ``max_buffered_bytes`` the budget follows the shards being read:
+``PER_SHARD_BYTES`` for each (about one full page of typical records and the copies sinks
+make of it), at least ``MIN_SCALED_BYTES``, at most ``default_budget()``. The worker is one
+CPU-bound process: records parsed long before a sink takes them buy no throughput, and every
+object of theirs is cold in the CPU's caches by the time it is delivered and freed. With
+three handler sinks on 4 shards a fixed 512 MiB let about 12 pages wait in lanes and cost
+43 CPU s per million records; 16 MiB a shard (64 MiB) cost 31 (docs/performance.md, §6).
+Shards still read ahead while others' pages are being worked on, and one shard alone gets
+two pages' room, so its next page is read while its sinks work on the last one.
 """
 
 from __future__ import annotations
@@ -36,6 +46,11 @@ FIRST_PAGE_BYTES = 8 * MIB
 parses into about 13 MB, one of a few long strings into about 1 MB."""
 MIN_PAGE_BYTES = 64 * 1024
 """The least room a GetRecords call reserves."""
+PER_SHARD_BYTES = 16 * MIB
+"""The default budget's room per shard being read (a full 1 MB page of typical records
+parses into about 13.5 MB)."""
+MIN_SCALED_BYTES = 32 * MIB
+"""The default budget's least room, whatever the shards: two full pages."""
 
 # How the parsed size of a page is estimated from its JSON text: every object ("{") becomes a
 # dict of about 95 bytes more than its text, every string ('"' counted twice) about 58 bytes
@@ -113,14 +128,42 @@ class MemoryBudget:
     """Bytes of buffered records the process may hold; ``acquire`` waits for room, in order.
 
     Args:
-        limit: the budget in bytes; None: unlimited (only counted).
+        limit: the budget in bytes; None: unlimited (only counted). With ``per_shard``, the
+            most the budget grows to.
+        per_shard: the budget follows the shards being read (``join``, ``leave``):
+            ``per_shard`` bytes each, at least ``MIN_SCALED_BYTES``, at most ``limit``.
     """
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, per_shard: int | None = None) -> None:
+        self.ceiling = limit
+        self.per_shard = per_shard
+        self.shards = 0
         self.limit = limit
         self.used = 0
         self.waited_s = 0.0  # total seconds acquirers waited
         self._waiters: deque[_Waiter] = deque()
+        self._scale()
+
+    def join(self) -> None:
+        """A shard began to be read (the budget may grow)."""
+        self.shards += 1
+        self._scale()
+
+    def leave(self) -> None:
+        """A shard stopped being read (the budget may shrink; what is held stays held)."""
+        self.shards = max(0, self.shards - 1)
+        self._scale()
+
+    def _scale(self) -> None:
+        if self.per_shard is None:
+            return
+        limit = max(MIN_SCALED_BYTES, self.per_shard * self.shards)
+        if self.ceiling is not None:
+            limit = min(limit, self.ceiling)
+        grew = self.limit is None or limit > self.limit
+        self.limit = limit
+        if grew:
+            self._wake()
 
     def _fits(self, size: int) -> bool:
         # Nothing held: even a page larger than the whole budget goes, or nothing would move.
@@ -187,13 +230,16 @@ class ShardBytes:
         waited: counts the seconds the shard's reader waited for room.
     """
 
-    __slots__ = ("budget", "expected", "held", "waited")
+    __slots__ = ("budget", "expected", "held", "reading", "waited")
 
     def __init__(self, budget: MemoryBudget | None, waited: Counter | None = None) -> None:
         self.budget = budget
         self.waited = waited
         self.held = 0
         self.expected = FIRST_PAGE_BYTES  # the next page's reservation
+        self.reading = budget is not None  # counted in the budget's shards
+        if budget is not None:
+            budget.join()
 
     async def reserve(self) -> int:
         """Wait for room for the next page and hold it; returns the bytes reserved."""
@@ -229,5 +275,11 @@ class ShardBytes:
     def release_all(self) -> None:
         """Give back everything the shard holds (it stopped being read)."""
         held, self.held = self.held, 0
-        if self.budget is not None and held:
-            self.budget.release(held)
+        budget = self.budget
+        if budget is None:
+            return
+        if self.reading:
+            self.reading = False
+            budget.leave()
+        if held:
+            budget.release(held)

@@ -148,3 +148,41 @@ def test_a_blocked_sink_keeps_the_worker_within_its_byte_budget(tmp_path: Path) 
     assert m.get("fanout_sink_records_total:delivered", 0) == 0  # the sink never returned
     assert peak <= baseline + BUDGET, (peak, baseline, log)
     assert code == 0, log
+
+
+def test_the_default_budget_grows_and_shrinks_with_the_shards_being_read(tmp_path: Path) -> None:
+    server = StreamServer()
+    stream = server.add_stream("Few", shards=6, keys=("pk",))
+    port = free_port()
+    config: dict[str, Any] = {
+        "streams": {
+            "few": {
+                "table": "Few",
+                "endpoint_url": "",
+                "region": "us-east-1",
+                "max_idle_interval": 0.25,
+            }
+        },
+        "checkpoints": {"path": str(tmp_path / "fanout.db"), "interval": 1},
+        "http": {"host": "127.0.0.1", "port": port},
+        "shutdown_grace": 1,
+        "sinks": {"out": {"type": "stdout"}},
+    }
+    with server.run_in_thread():
+        config["streams"]["few"]["endpoint_url"] = server.endpoint_url
+        path = tmp_path / "fanout.yaml"
+        path.write_text(yaml.safe_dump(config))
+        worker = WorkerProcess(path, tmp_path / "out.jsonl", tmp_path / "worker.log")
+        try:
+
+            def limit() -> float | None:
+                return metrics(port).get("fanout_buffered_bytes_limit")
+
+            wait_until(lambda: limit() == 6 * 16 * MIB, 30, "16 MiB for each of 6 shards")
+            for shard in stream.shards[:4]:
+                server.close_shard(shard)
+            # two shards left: the least room, two full pages
+            wait_until(lambda: limit() == 32 * MIB, 30, "the budget to shrink to 32 MiB")
+        finally:
+            code = worker.terminate()
+    assert code == 0, (tmp_path / "worker.log").read_text(errors="replace")[-4000:]

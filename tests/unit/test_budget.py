@@ -19,6 +19,8 @@ from fanout.stream.budget import (
     FIRST_PAGE_BYTES,
     MIB,
     MIN_PAGE_BYTES,
+    MIN_SCALED_BYTES,
+    PER_SHARD_BYTES,
     MemoryBudget,
     ShardBytes,
     container_memory_limit,
@@ -223,6 +225,54 @@ async def test_a_shard_that_stops_being_read_gives_back_all_it_holds() -> None:
     assert (held.held, budget.used) == (0, 50_000)
     held.release(100_000)  # a lane settling afterwards gives nothing back twice
     assert budget.used == 50_000
+
+
+async def test_the_default_budget_follows_the_shards_being_read_up_to_its_ceiling() -> None:
+    budget = MemoryBudget(100 * MIB, per_shard=PER_SHARD_BYTES)
+    assert budget.limit == MIN_SCALED_BYTES  # no shard yet: two full pages' room
+    for _ in range(4):
+        ShardBytes(budget)
+    assert budget.limit == 4 * PER_SHARD_BYTES
+    more = [ShardBytes(budget) for _ in range(4)]
+    assert budget.limit == 100 * MIB  # never above the ceiling
+    for held in more:
+        held.release_all()
+        held.release_all()  # a shard is counted out once
+    assert (budget.shards, budget.limit) == (4, 4 * PER_SHARD_BYTES)
+
+
+async def test_a_budget_that_grows_lets_a_waiting_reader_in_at_once() -> None:
+    budget = MemoryBudget(None, per_shard=PER_SHARD_BYTES)
+    first = ShardBytes(budget)
+    first.settle_page(await first.reserve(), MIN_SCALED_BYTES - MIB)  # a big page held
+    second = ShardBytes(budget)
+    assert budget.limit == MIN_SCALED_BYTES  # 2 shards: still the least room
+    reserved: list[int] = []
+
+    async def read() -> None:
+        reserved.append(await second.reserve())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read)
+        await anyio.wait_all_tasks_blocked()
+        assert reserved == []
+        assert budget.waiting == 1
+        third = ShardBytes(budget)  # 3 shards: 48 MiB, room for the waiting page
+        await anyio.wait_all_tasks_blocked()
+        assert reserved == [FIRST_PAGE_BYTES]
+    assert budget.limit == 3 * PER_SHARD_BYTES
+    third.release_all()
+    first.release_all()
+    # what is held stays held when the budget shrinks; the next reader waits for it
+    assert (budget.limit, budget.used) == (MIN_SCALED_BYTES, FIRST_PAGE_BYTES)
+
+
+async def test_a_fixed_budget_does_not_follow_the_shards() -> None:
+    budget = MemoryBudget(10 * MIB)
+    shards = [ShardBytes(budget) for _ in range(8)]
+    assert budget.limit == 10 * MIB
+    shards[0].release_all()
+    assert budget.limit == 10 * MIB
 
 
 async def test_a_settled_page_gives_its_weight_back_through_its_ticket() -> None:
