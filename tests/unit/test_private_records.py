@@ -79,6 +79,14 @@ def test_two_private_sinks_on_the_same_records_never_share_an_object():
     assert first[2] is page[2] or second[2] is page[2]
 
 
+def test_the_private_sink_with_the_most_records_keeps_their_originals():
+    page = [rec(i) for i in range(6)]
+    few, most = private_parts([page[:2], page], [True, True])
+    assert all(a is b for a, b in zip(most, page, strict=True))  # no copy at all
+    assert few == page[:2]
+    assert shares_nothing(few, most)
+
+
 def test_a_private_sink_alone_gets_the_page_as_it_is():
     page = [rec(i) for i in range(3)]
     (mine,) = private_parts([page], [True])
