@@ -55,7 +55,7 @@ bench: deps
 BASELINE ?= main
 ROUNDS   ?= 4
 bench-compare: deps
-	$(BIN)/python -m bench -s throughput --consumers fanout --rounds $(ROUNDS) --baseline $(BASELINE)
+	$(BIN)/python -m bench -s throughput --consumers fanout,fanout-handlers --rounds $(ROUNDS) --baseline $(BASELINE)
 
 schema: deps
 	$(BIN)/fanout schema > config/schema.json

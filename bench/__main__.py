@@ -25,7 +25,8 @@ Scenarios (all by default; pick with ``--scenario``, repeatable):
 Throughput runs three rounds by default (``--rounds N``: medians and the best round; the
 slow aiobotocore consumer reads once) and can measure
 an older commit beside the current tree in the same run (``--baseline REV``, e.g.
-``python -m bench -s throughput --consumers fanout --rounds 4 --baseline main``; see
+``python -m bench -s throughput --consumers fanout,fanout-handlers --rounds 4 --baseline
+main``: each of the two as of REV runs right after its current self; see
 ``bench/baseline.py``).
 """
 
@@ -340,14 +341,17 @@ def _throughput_table(tp: dict[str, Any]) -> list[str]:
                 parts.append(f"{key.removeprefix('processes_')} processes x{value:.2f}")
         if parts:
             lines.append(f"  fanout on {shards} shards: " + ", ".join(parts))
-        if baseline and "vs_baseline" in ratio:
-            new = by[("fanout", int(shards))]
-            old = by[(baseline["consumer"], int(shards))]
+        for prefix, name in (("", "fanout"), ("handlers_", "fanout-handlers")):
+            if not baseline or f"{prefix}vs_baseline" not in ratio:
+                continue
+            old_name = name + baseline["consumer"].removeprefix("fanout")
+            new, old = by[(name, int(shards))], by[(old_name, int(shards))]
             lines.append(
-                f"  fanout vs {baseline['consumer']} ({baseline['rev']}) on {shards} shards: "
+                f"  {name} vs {old_name} ({baseline['rev']}) on {shards} shards: "
                 f"records/s {new['records_per_s']:,.0f} vs {old['records_per_s']:,.0f} "
-                f"(x{ratio['vs_baseline']:.2f}), CPU s/M rec {new['cpu_s_per_million']:.1f} vs "
-                f"{old['cpu_s_per_million']:.1f} (x{ratio['cpu_vs_baseline']:.2f})"
+                f"(x{ratio[f'{prefix}vs_baseline']:.2f}), CPU s/M rec "
+                f"{new['cpu_s_per_million']:.1f} vs {old['cpu_s_per_million']:.1f} "
+                f"(x{ratio[f'{prefix}cpu_vs_baseline']:.2f})"
             )
     return lines
 

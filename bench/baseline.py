@@ -36,7 +36,12 @@ class Baseline:
     @property
     def consumer(self) -> str:
         """The consumer's name in the results: ``fanout@<short sha>``."""
-        return f"fanout@{self.short}"
+        return self.named("fanout")
+
+    def named(self, consumer: str) -> str:
+        """``consumer`` (``fanout``, ``fanout-handlers``) as of this commit: ``<consumer>@<short
+        sha>``."""
+        return f"{consumer}@{self.short}"
 
     def describe(self) -> dict[str, str]:
         return {"rev": self.rev, "sha": self.sha, "tree": str(self.tree), "consumer": self.consumer}

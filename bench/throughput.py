@@ -38,7 +38,8 @@ class _Consumer:
 
 
 def _throughput_consumers(opts: Options) -> list[_Consumer]:
-    """The consumers of one round, in order; the baseline, if any, runs right after fanout."""
+    """The consumers of one round, in order; the baseline, if any, runs right after fanout
+    (and right after fanout-handlers, when it runs: the same handler sinks, older code)."""
     names = list(opts.consumers)
     if opts.baseline is not None and "fanout" not in names:
         names.insert(0, "fanout")
@@ -54,6 +55,9 @@ def _throughput_consumers(opts: Options) -> list[_Consumer]:
             consumers.append(_Consumer(name, "fanout", UNFILTERED_SINKS))
         elif name == "fanout-handlers":
             consumers.append(_Consumer(name, "fanout", HANDLER_SINKS))
+            if opts.baseline is not None:
+                old = opts.baseline.named(name)
+                consumers.append(_Consumer(old, "fanout", HANDLER_SINKS, opts.baseline.tree))
         else:
             consumers.append(_Consumer(name, name))
     if "fanout" in names:
@@ -193,11 +197,14 @@ def throughput(opts: Options) -> dict[str, Any]:
                 # above 1: N processes read faster than one (2 cores: at most about 2)
                 entry[f"processes_{count}"] = several["records_per_s"] / fan["records_per_s"]
         if opts.baseline is not None:
-            old = by[(opts.baseline.consumer, shards)]
-            if old["records_per_s"] and old["cpu_s_per_million"]:
-                # above 1: the current tree reads faster / needs more CPU per record
-                entry["vs_baseline"] = fan["records_per_s"] / old["records_per_s"]
-                entry["cpu_vs_baseline"] = fan["cpu_s_per_million"] / old["cpu_s_per_million"]
+            for prefix, name in (("", "fanout"), ("handlers_", "fanout-handlers")):
+                new, old = by.get((name, shards)), by.get((opts.baseline.named(name), shards))
+                if new and old and old["records_per_s"] and old["cpu_s_per_million"]:
+                    # above 1: the current tree reads faster / needs more CPU per record
+                    entry[f"{prefix}vs_baseline"] = new["records_per_s"] / old["records_per_s"]
+                    entry[f"{prefix}cpu_vs_baseline"] = (
+                        new["cpu_s_per_million"] / old["cpu_s_per_million"]
+                    )
         ratios[str(shards)] = entry
     return {
         "rows": rows,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import ANY
 
 import orjson
 import pytest
@@ -97,7 +98,8 @@ def test_baseline_runs_beside_fanout_in_alternating_rounds(tmp_path: Path, check
     sha = _git("rev-parse", "HEAD")
     short = _git("rev-parse", "--short", sha)
     out = tmp_path / "results"
-    argv = ["-s", "throughput", "--consumers", "fanout", "--shards", "2", "--records", "2000"]
+    argv = ["-s", "throughput", "--consumers", "fanout,fanout-handlers", "--shards", "2"]
+    argv += ["--records", "2000"]
     argv += ["--rounds", "2", "--baseline", "HEAD", "--baseline-dir", str(checkouts)]
     argv += ["--processes", "1"]
 
@@ -113,18 +115,23 @@ def test_baseline_runs_beside_fanout_in_alternating_rounds(tmp_path: Path, check
         "consumer": f"fanout@{short}",
     }
     rows = {r["consumer"]: r for r in throughput["rows"]}
-    assert list(rows) == ["fanout", f"fanout@{short}"]
-    assert rows["fanout"]["tree"] == str(REPO)
-    assert rows[f"fanout@{short}"]["tree"] == str(tree)
+    handlers = ["fanout-handlers", f"fanout-handlers@{short}"]
+    assert list(rows) == ["fanout", f"fanout@{short}", *handlers]
+    assert rows["fanout"]["tree"] == rows["fanout-handlers"]["tree"] == str(REPO)
+    assert rows[f"fanout@{short}"]["tree"] == rows[handlers[1]]["tree"] == str(tree)
     for row in rows.values():
         assert row["records"] == row["expected"] == 2000
         assert row["rounds"] == len(row["per_round"]) == 2
         assert row["best_records_per_s"] >= row["records_per_s"] > 0
         assert 0 < row["best_cpu_s_per_million"] <= row["cpu_s_per_million"]
-        assert set(row["sinks"]) == {"search", "notify", "audit"}
+    for name in ("fanout", f"fanout@{short}"):  # null sinks
+        assert set(rows[name]["sinks"]) == {"search", "notify", "audit"}
+    for name in handlers:  # the same handler sinks, each tree's own code
+        assert rows[name]["handled"] == {"search": ANY, "notify": ANY, "audit": 2000}
     ratio = throughput["ratios"]["2"]
-    assert ratio["vs_baseline"] > 0
-    assert ratio["cpu_vs_baseline"] > 0
+    for key in ("vs_baseline", "cpu_vs_baseline", "handlers_vs_baseline"):
+        assert ratio[key] > 0
+    assert ratio["handlers_cpu_vs_baseline"] > 0
     # the checkout is a detached worktree at that commit, reused as it is
     assert (tree / "bench" / "child.py").is_file()
     assert checkout("HEAD", root=checkouts).tree == tree
