@@ -322,6 +322,13 @@ def _throughput_table(tp: dict[str, Any]) -> list[str]:
             f"{row['cpu_s_per_million']:>11.1f}{best_cpu} {row['peak_rss_mb']:>11.0f} "
             f"{row['server_cpu'] / row['wall']:>10.0%}"
         )
+    for row in tp["rows"]:
+        if row.get("reread"):
+            lines.append(
+                f"  {row['consumer']} on {row['shards']} shards read {row['reread']:,} records "
+                f"twice over {row['rounds']} rounds: leases that moved between its processes "
+                "were read again from their checkpoints (at least once)"
+            )
     by = {(row["consumer"], row["shards"]): row for row in tp["rows"]}
     baseline = tp.get("baseline")
     for shards, ratio in tp["ratios"].items():
