@@ -120,9 +120,10 @@ def _object_fn(children: list[_Child]) -> Predicate:
     end is a plain string list its membership test is inline (the hot path of most filters).
 
     The children are written out as one function (``_object_source``), so a record is tested
-    in one call instead of one per field and level: with three filtered sinks this halved
-    the filters' share of the worker's CPU time (docs/performance.md, §6). Field names and
-    functions reach the function as variables of its namespace, never as source text.
+    in one call instead of one per field and level: ``python -m bench.bench_filters`` went
+    from 988k to 1,155k matches/s for eventName and one image attribute (docs/performance.md,
+    §6). Field names and functions reach the function as variables of its namespace, never
+    as source text.
     """
     namespace: dict[str, Any] = {"_MISSING": _MISSING}
     source = _object_source(children, namespace)
