@@ -68,6 +68,29 @@ def describe(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+# The call running on the current thread, if an Offload runs it (``restart_clock``,
+# ``abandoned``).
+_running = threading.local()
+
+
+def restart_clock() -> None:
+    """In a function an ``Offload`` runs: its ``limit`` counts again from now.
+
+    For a function that makes several calls in a row (``HandlerSink.send_run``), each of
+    which has the whole limit.
+    """
+    call: _Call[Any] | None = getattr(_running, "call", None)
+    if call is not None:
+        call.started = time.monotonic()
+
+
+def abandoned() -> bool:
+    """In a function an ``Offload`` runs: True once its caller stopped waiting for it (it
+    timed out or was cancelled), so the function should stop as soon as it can."""
+    call: _Call[Any] | None = getattr(_running, "call", None)
+    return call is not None and call.abandoned
+
+
 class _Call(Generic[T]):
     """One function call handed to a thread, and what became of it."""
 
@@ -88,10 +111,13 @@ class _Call(Generic[T]):
     def run(self) -> None:
         """Call the function (in a thread), keeping its result or whatever it raised."""
         self.started = time.monotonic()
+        _running.call = self
         try:
             self.value = self.fn(*self.args)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, never lost
             self.error = exc
+        finally:
+            _running.call = None
         # What it was called with (a whole batch, say) is not kept alive by a call whose
         # caller may be gone.
         self.args = ()

@@ -47,6 +47,19 @@ class Failure:
 Failures = dict[int, Failure]
 
 
+@dataclass
+class Run:
+    """What ``send_run`` did with its batches, in order: ``seconds`` holds how long each
+    batch delivered whole took; the batch after those (index ``len(seconds)``), if any,
+    failed with ``failures`` or raised ``error`` after ``stop_seconds``, or was not sent
+    (neither: ``may_go_on`` said no); later batches were not sent."""
+
+    seconds: list[float] = field(default_factory=list)
+    failures: Failures = field(default_factory=dict)
+    error: BaseException | None = None
+    stop_seconds: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class SinkContext:
     """What a sink gets from the worker when it is built: shared clients, metrics, a logger.
@@ -150,6 +163,27 @@ class Sink(Protocol):
 
     async def stop(self) -> None:
         """Flush and close. Idempotent."""
+
+
+class RunSink(Sink, Protocol):
+    """A sink that can send several batches of one lane in one go (``send_run``), as
+    calls one after the other that stop at the first failure; worth it when each send has
+    a fixed cost of its own (a handler on a thread: two thread switches). A lane sends a
+    run when several full batches are waiting and ``sends_runs`` is true.
+    """
+
+    @property
+    def sends_runs(self) -> bool:
+        """True while ``send_run`` may be used."""
+        ...
+
+    async def send_run(
+        self, batches: Sequence[Sequence[Record]], may_go_on: Callable[[], bool]
+    ) -> Run:
+        """Send ``batches`` in order, as ``send`` would one by one, until one is not
+        delivered whole (``Run.failures``, ``Run.error``) or ``may_go_on()`` (asked before
+        each, from any thread) is false. Raises only the worker's own cancellation."""
+        ...
 
 
 C = TypeVar("C", bound=BaseModel)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import anyio
 
@@ -30,7 +31,14 @@ from fanout.delivery.telemetry import LaneTelemetry
 from fanout.isolation import contained, own_cancellation
 from fanout.progress.tracker import ShardProgress, Ticket
 from fanout.records import Record, change_time, item_key
-from fanout.sink import Failures
+from fanout.sink import Failures, Run
+
+if TYPE_CHECKING:
+    from fanout.sink import RunSink
+
+MAX_RUN = 10
+"""Batches a lane sends in one ``send_run`` at most (a 1,000-record page at the default
+batch size of 100)."""
 
 
 class Lane:
@@ -44,6 +52,10 @@ class Lane:
         health: whether the sink is taken to be down (kept across batches).
         give_ups: writes what this lane gives up on to the dead-letter destination.
     """
+
+    runs = True
+    """Whether several full batches may go in one ``send_run`` (a lane whose calls carry
+    more than their records, as a tumbling window's do, sets False)."""
 
     def __init__(self, route: Route, progress: ShardProgress, capacity: int | None = None) -> None:
         self.route = route
@@ -114,14 +126,29 @@ class Lane:
                         await self._wakeup.wait()
                     remaining = self._first_arrival + window - time.monotonic()
             batch, segments = self._take(batch_size)
-            await self.deliver(batch, segments)
-            for ticket, count in segments:
-                ticket.settle(count)
-            self._buffered -= len(batch)
-            self._space.set()
+            if (
+                self._queued >= batch_size
+                and self.runs
+                and getattr(self.route.sink, "sends_runs", False)
+            ):
+                # More full batches wait: the sink sends them in one go (``RunSink``).
+                taken = [(batch, segments)]
+                while self._queued >= batch_size and len(taken) < MAX_RUN:
+                    taken.append(self._take(batch_size))
+                await self._deliver_run(taken)
+                del taken
+            else:
+                await self.deliver(batch, segments)
+                self._settle(batch, segments)
             # Keep no delivered records alive while waiting for the next batch (an idle
             # shard's lane would otherwise hold its last batch until more records come).
             del batch, segments
+
+    def _settle(self, batch: list[Record], segments: Sequence[tuple[Ticket, int]]) -> None:
+        for ticket, count in segments:
+            ticket.settle(count)
+        self._buffered -= len(batch)
+        self._space.set()
 
     async def _idle(self) -> None:
         """Wait for records (``put`` or ``close`` sets ``_wakeup``)."""
@@ -221,19 +248,84 @@ class Lane:
                 health.works()
             self.telemetry.count_delivered(len(batch), created)
             return
+        await self._recover(batch, again, failures, exc)
+
+    async def _recover(
+        self,
+        batch: list[Record],
+        again: Pristine | None,
+        failures: Failures,
+        exc: BaseException | None,
+    ) -> None:
+        """Retry, bisect and give up on what the first send of ``batch`` did not deliver."""
         send = self.attempt
         if again is not None:
             batch = again.records()
             send = self._attempt_on_copy
         recovery = Recovery(
             batch,
-            route=route,
+            route=self.route,
             send=send,
             health=self.health,
             telemetry=self.telemetry,
             give_ups=self.give_ups,
         )
         await recovery.run(failures, exc)
+
+    async def _deliver_run(
+        self, taken: list[tuple[list[Record], list[tuple[Ticket, int]]]]
+    ) -> None:
+        """Deliver and settle ``taken`` (full batches, in order) with one ``send_run``.
+
+        Each batch is what ``deliver`` would send, in the same order, with the same outcome:
+        the batches the run delivered whole are settled; the one it stopped at goes to a
+        ``Recovery`` (or, not sent, to ``deliver``); the rest are delivered one by one.
+        """
+        route = self.route
+        sink = cast("RunSink", route.sink)
+        batches = [batch for batch, _ in taken]
+        agains = [Pristine(b, s) if route.private else None for b, s in taken]
+        created = [change_time(batch[0]) for batch in batches]
+        if not self.progress.may_deliver():  # the shard's lease lapsed or moved: fail closed
+            await self.progress.lease_lost()
+        gate = route.gate
+        try:
+            if gate.idle:
+                run = await sink.send_run(batches, self.progress.may_deliver)
+            else:
+                async with gate:
+                    run = await sink.send_run(batches, self.progress.may_deliver)
+        except BaseException as raised:
+            if own_cancellation(raised):
+                raise
+            run = Run(error=raised)  # nothing is known to be delivered
+        done = min(len(run.seconds), len(taken))
+        health, telemetry = self.health, self.telemetry
+        for i in range(done):
+            self._send_seconds.observe(run.seconds[i])
+            if health.strikes:
+                health.works()
+            telemetry.count_delivered(len(batches[i]), created[i])
+            self._settle(*taken[i])
+        if done == len(taken):
+            return
+        batch, segments = taken[done]
+        failures, exc = run.failures, run.error
+        if exc is None and not failures:  # not sent (may_go_on() said no)
+            await self.deliver(batch, segments)
+        else:
+            self._send_seconds.observe(run.stop_seconds)
+            if exc is not None:
+                self._errors.inc()
+                gate.hold_off(retry_after(exc))
+                exc = contained(exc, f"sink {route.name}")
+            else:
+                gate.hold_off(retry_after(failures))
+            await self._recover(batch, agains[done], failures, exc)
+        self._settle(batch, segments)
+        for batch, segments in taken[done + 1 :]:
+            await self.deliver(batch, segments)
+            self._settle(batch, segments)
 
     async def _attempt_on_copy(
         self, batch: Sequence[Record]

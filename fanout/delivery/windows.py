@@ -111,6 +111,8 @@ class WindowLane(Lane):
         clock: the wall clock (tests replace it).
     """
 
+    runs = False  # every call carries the window's state: one call per batch
+
     def __init__(
         self,
         route: Route,
