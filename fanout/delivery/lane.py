@@ -129,9 +129,12 @@ class Lane:
             if (
                 self._queued >= batch_size
                 and self.runs
+                and self.route.gate.idle
                 and getattr(self.route.sink, "sends_runs", False)
             ):
-                # More full batches wait: the sink sends them in one go (``RunSink``).
+                # More full batches wait: the sink sends them in one go (``RunSink``). Not
+                # under max_in_flight or a pause: there each call goes through the gate, so
+                # other shards' calls take turns with this one's.
                 taken = [(batch, segments)]
                 while self._queued >= batch_size and len(taken) < MAX_RUN:
                     taken.append(self._take(batch_size))

@@ -145,11 +145,11 @@ async def test_an_async_handler_or_worker_processes_send_no_runs() -> None:
 
 
 async def deliver(
-    tmp_path: Path, records: list[Record], *, batch_size: int = 3
+    tmp_path: Path, records: list[Record], *, batch_size: int = 3, **options: Any
 ) -> tuple[list[list[str]], ShardProgress, Path]:
-    """Run one lane of a handler sink over ``records``: the batches each call got."""
-    sink = await started(batch_size=batch_size, copy_event=True)
-    config = HandlerSinkConfig(type="handler", handler=HANDLER, batch_size=batch_size)
+    """Run one lane of a handler sink over ``records``: the batches each run got."""
+    sink = await started(batch_size=batch_size, copy_event=True, **options)
+    config = HandlerSinkConfig(type="handler", handler=HANDLER, batch_size=batch_size, **options)
     dlq = tmp_path / "dlq.jsonl"
     route = Route(
         name="h",
@@ -211,3 +211,14 @@ async def test_after_a_failed_batch_the_lane_recovers_it_then_sends_the_rest_in_
     lines = dlq.read_text().splitlines()
     assert len(lines) == 1  # record 3 alone, once bisected
     assert every[3] in lines[0]
+
+
+async def test_under_max_in_flight_every_batch_goes_through_the_gate_alone(
+    tmp_path: Path,
+) -> None:
+    records = [record(i) for i in range(9)]
+    sent, progress, _ = await deliver(tmp_path, records, max_in_flight=2)
+    assert sent == []  # no run: other shards' calls take turns at the gate with these
+    every = [r["dynamodb"]["SequenceNumber"] for r in records]
+    assert run_handlers.CALLS == [every[0], every[3], every[6]]
+    assert progress.frontier == every[-1]
