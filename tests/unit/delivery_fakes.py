@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -12,12 +13,13 @@ import anyio
 from fanout.config import SinkConfig
 from fanout.config.sinks import DeadLetterConfig, RetryConfig
 from fanout.delivery import Lane, Route, ShardDispatch, SinkGate, open_lane
+from fanout.delivery.deadletter import FileDeadLetter
 from fanout.errors import DeadLetterError
 from fanout.observe.metrics import Metrics
 from fanout.progress.tracker import ShardProgress
 from fanout.records import Record
 from fanout.retry import RetryPolicy
-from fanout.sink import Failures
+from fanout.sink import Failures, Sink
 
 ARN = "arn:aws:dynamodb:us-east-1:000000000000:table/Orders/stream/2024-01-01T00:00:00.000"
 SHARD = "shardId-00000001"
@@ -243,6 +245,32 @@ async def run_pages(
             await during(dispatch)
         dispatch.close()
     return shard
+
+
+async def through_lane(
+    sink: Sink, config: SinkConfig, dead_letter: Path, records: list[Record]
+) -> tuple[Route, ShardProgress]:
+    """Deliver ``records`` (one page) to a real ``sink`` through one lane, with no filter, no
+    backoff and a dead-letter file; returns the route and the shard's progress."""
+    route = Route(
+        name=sink.name,
+        sink=sink,
+        config=config,
+        predicate=None,
+        dead_letter=FileDeadLetter(dead_letter),
+        backoff=RetryPolicy(0, 0),
+        metrics=Metrics(),
+    )
+    shard = ShardProgress("orders", ARN, "shard-1", None)
+    lane = Lane(route, shard)
+    ticket = shard.open(records[-1]["dynamodb"]["SequenceNumber"])
+    ticket.pending += len(records)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lane.run)
+        await lane.put(ticket, records)
+        ticket.settle(1)
+        lane.close()
+    return route, shard
 
 
 async def deliver_one(route: Route, batch: list[Record]) -> Lane:

@@ -3,15 +3,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import anyio
 import pytest
 
-from fanout.delivery import Lane, Route
-from fanout.delivery.deadletter import FileDeadLetter
 from fanout.errors import ConfigError
-from fanout.observe.metrics import Metrics
-from fanout.progress.tracker import ShardProgress
-from fanout.retry import RetryPolicy
 from sinks.handler import (
     HandlerSink,
     HandlerSinkConfig,
@@ -20,6 +14,7 @@ from sinks.handler import (
     batch_item_failures,
     load_handler,
 )
+from tests.unit.delivery_fakes import through_lane
 from tests.unit.helpers import handlers
 
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Orders/stream/2026-01-01T00:00:00.000"
@@ -172,25 +167,8 @@ async def test_batch_item_failures_redeliver_exactly_the_failed_and_later_record
     h = sink("tests.unit.helpers.handlers:fail_from_second", batch_size=10)
     await h.start()
     config = HandlerSinkConfig(type="handler", handler="x:y", batch_size=10)
-    route = Route(
-        name="h",
-        sink=h,
-        config=config,
-        predicate=None,
-        dead_letter=FileDeadLetter(tmp_path / "dlq.jsonl"),
-        backoff=RetryPolicy(0, 0),
-        metrics=Metrics(),
-    )
-    progress = ShardProgress("orders", ARN, "shard-1", None)
-    lane = Lane(route, progress)
     batch = [wire_record(i) for i in range(1, 6)]
-    ticket = progress.open(batch[-1]["dynamodb"]["SequenceNumber"])
-    ticket.pending += len(batch)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lane.run)
-        await lane.put(ticket, batch)
-        ticket.settle(1)
-        lane.close()
+    _, progress = await through_lane(h, config, tmp_path / "dlq.jsonl", batch)
     sent = [
         [r["dynamodb"]["SequenceNumber"] for r in event["Records"]] for event, _ in handlers.CALLS
     ]

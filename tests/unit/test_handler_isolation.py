@@ -10,12 +10,8 @@ from typing import Any
 import anyio
 import pytest
 
-from fanout.delivery import Lane, Route
-from fanout.delivery.deadletter import FileDeadLetter, read_entries
+from fanout.delivery.deadletter import read_entries
 from fanout.errors import ConfigError
-from fanout.observe.metrics import Metrics
-from fanout.progress.tracker import ShardProgress
-from fanout.retry import RetryPolicy
 from sinks.handler import (
     HANDLER,
     HandlerCrashed,
@@ -25,8 +21,9 @@ from sinks.handler import (
     HandlerTimeout,
     InvalidResponse,
 )
+from tests.unit.delivery_fakes import through_lane
 from tests.unit.helpers import rogue
-from tests.unit.test_handler import ARN, wire_record
+from tests.unit.test_handler import wire_record
 
 ROGUE = rogue.__name__
 
@@ -135,25 +132,8 @@ async def test_a_crashing_handler_reaches_the_dead_letter_file_with_the_reason(t
         type="handler", handler="x:y", batch_size=10, retry={"max_attempts": 2}
     )
     dlq = tmp_path / "dlq.jsonl"
-    route = Route(
-        name="h",
-        sink=h,
-        config=config,
-        predicate=None,
-        dead_letter=FileDeadLetter(dlq),
-        backoff=RetryPolicy(0, 0),
-        metrics=Metrics(),
-    )
-    progress = ShardProgress("orders", ARN, "shard-1", None)
-    lane = Lane(route, progress)
     batch = [wire_record(1)]
-    ticket = progress.open(batch[-1]["dynamodb"]["SequenceNumber"])
-    ticket.pending += len(batch)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lane.run)
-        await lane.put(ticket, batch)
-        ticket.settle(1)
-        lane.close()
+    _, progress = await through_lane(h, config, dlq, batch)
     (entry,) = read_entries(dlq)
     assert entry["error"]["class"] == "HandlerCrashed"
     assert "SystemExit" in entry["error"]["message"]

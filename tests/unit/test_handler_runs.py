@@ -12,14 +12,11 @@ from typing import Any
 import anyio
 import pytest
 
-from fanout.delivery import Lane, Route
-from fanout.delivery.deadletter import FileDeadLetter
-from fanout.observe.metrics import Metrics
 from fanout.progress.tracker import ShardProgress
 from fanout.records import Record
-from fanout.retry import RetryPolicy
 from sinks.handler import HandlerCrashed, HandlerSink, HandlerSinkConfig
 from sinks.lambdaenv import HandlerTimeout
+from tests.unit.delivery_fakes import through_lane
 from tests.unit.helpers import run_handlers
 
 ARN = "arn:aws:dynamodb:us-east-1:000000000000:table/T/stream/2024-01-01T00:00:00.000"
@@ -150,21 +147,6 @@ async def deliver(
     """Run one lane of a handler sink over ``records``: the batches each run got."""
     sink = await started(batch_size=batch_size, copy_event=True, **options)
     config = HandlerSinkConfig(type="handler", handler=HANDLER, batch_size=batch_size, **options)
-    dlq = tmp_path / "dlq.jsonl"
-    route = Route(
-        name="h",
-        sink=sink,
-        config=config,
-        predicate=None,
-        dead_letter=FileDeadLetter(dlq),
-        backoff=RetryPolicy(0, 0),
-        metrics=Metrics(),
-    )
-    assert route.private  # a handler that may change its records: Pristine on the way
-    progress = ShardProgress("orders", ARN, "shard-1", None)
-    lane = Lane(route, progress)
-    ticket = progress.open(records[-1]["dynamodb"]["SequenceNumber"])
-    ticket.pending += len(records)
     sent: list[list[str]] = []
     original = sink.send_run
 
@@ -173,11 +155,9 @@ async def deliver(
         return await original(todo, may_go_on)
 
     sink.send_run = spy  # type: ignore[method-assign,assignment]
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lane.run)
-        await lane.put(ticket, records)
-        ticket.settle(1)
-        lane.close()
+    dlq = tmp_path / "dlq.jsonl"
+    route, progress = await through_lane(sink, config, dlq, records)
+    assert route.private  # a handler that may change its records: Pristine on the way
     await sink.stop()
     return sent, progress, dlq
 
