@@ -69,6 +69,35 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def start_worker(
+    tmp_path: Path,
+    server: StreamServer,
+    table: str,
+    port: int,
+    sinks: dict[str, Any],
+    **settings: Any,
+) -> WorkerProcess:
+    """A worker process reading ``table``'s stream from ``server`` into ``sinks``."""
+    config: dict[str, Any] = {
+        "streams": {
+            "s": {
+                "table": table,
+                "endpoint_url": server.endpoint_url,
+                "region": "us-east-1",
+                "max_idle_interval": 0.25,
+            }
+        },
+        "checkpoints": {"path": str(tmp_path / "fanout.db"), "interval": 1},
+        "http": {"host": "127.0.0.1", "port": port},
+        "shutdown_grace": 1,
+        "sinks": sinks,
+        **settings,
+    }
+    path = tmp_path / "fanout.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return WorkerProcess(path, tmp_path / "out.jsonl", tmp_path / "worker.log")
+
+
 def wide_item(shard: int, n: int) -> Change:
     keys = {"pk": {"S": f"s{shard}-{n}"}}
     image: dict[str, Any] = dict(keys)
@@ -81,33 +110,16 @@ def test_a_blocked_sink_keeps_the_worker_within_its_byte_budget(tmp_path: Path) 
     server = StreamServer()
     stream = server.add_stream("Wide", shards=SHARDS, keys=("pk",))
     port = free_port()
-    config: dict[str, Any] = {
-        "streams": {
-            "wide": {
-                "table": "Wide",
-                "endpoint_url": "",
-                "region": "us-east-1",
-                "max_idle_interval": 0.25,
-            }
-        },
-        "checkpoints": {"path": str(tmp_path / "fanout.db"), "interval": 1},
-        "http": {"host": "127.0.0.1", "port": port},
-        "shutdown_grace": 1,
-        "max_buffered_bytes": BUDGET,
-        "sinks": {
-            "stuck": {
-                "type": "handler",
-                "handler": "tests.integration.budget_handlers:blocked",
-                "timeout": 900,
-                "copy_event": False,  # what it holds is what was read, nothing of its own
-            }
-        },
+    sinks = {
+        "stuck": {
+            "type": "handler",
+            "handler": "tests.integration.budget_handlers:blocked",
+            "timeout": 900,
+            "copy_event": False,  # what it holds is what was read, nothing of its own
+        }
     }
     with server.run_in_thread():
-        config["streams"]["wide"]["endpoint_url"] = server.endpoint_url
-        path = tmp_path / "fanout.yaml"
-        path.write_text(yaml.safe_dump(config))
-        worker = WorkerProcess(path, tmp_path / "out.jsonl", tmp_path / "worker.log")
+        worker = start_worker(tmp_path, server, "Wide", port, sinks, max_buffered_bytes=BUDGET)
         pid = worker.proc.pid
         try:
             # Baseline: every shard polled at least once, nothing to read yet.
@@ -154,25 +166,8 @@ def test_the_default_budget_grows_and_shrinks_with_the_shards_being_read(tmp_pat
     server = StreamServer()
     stream = server.add_stream("Few", shards=6, keys=("pk",))
     port = free_port()
-    config: dict[str, Any] = {
-        "streams": {
-            "few": {
-                "table": "Few",
-                "endpoint_url": "",
-                "region": "us-east-1",
-                "max_idle_interval": 0.25,
-            }
-        },
-        "checkpoints": {"path": str(tmp_path / "fanout.db"), "interval": 1},
-        "http": {"host": "127.0.0.1", "port": port},
-        "shutdown_grace": 1,
-        "sinks": {"out": {"type": "stdout"}},
-    }
     with server.run_in_thread():
-        config["streams"]["few"]["endpoint_url"] = server.endpoint_url
-        path = tmp_path / "fanout.yaml"
-        path.write_text(yaml.safe_dump(config))
-        worker = WorkerProcess(path, tmp_path / "out.jsonl", tmp_path / "worker.log")
+        worker = start_worker(tmp_path, server, "Few", port, {"out": {"type": "stdout"}})
         try:
 
             def limit() -> float | None:
