@@ -23,7 +23,7 @@ from fanout.config import load_config
 from fanout.delivery.deadletter import read_entries
 from fanout.stream.reader import ReaderOptions
 from tests.integration import delivery_handlers as handlers
-from tests.integration.process import WorkerProcess, read_lines, wait_for
+from tests.integration.process import WorkerProcess, read_lines, stream_records, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -102,19 +102,8 @@ async def put(ddb_client: Any, table: str, keys: list[str], start: int = 0) -> N
 
 def stream_seqs(ddbstreams_client: Any, stream_arn: str) -> list[str]:
     """Every sequence number of the stream, in order (DynamoDB Local has one shard)."""
-    result: list[str] = []
-    desc = ddbstreams_client.describe_stream(StreamArn=stream_arn)["StreamDescription"]
-    for shard in desc["Shards"]:
-        it = ddbstreams_client.get_shard_iterator(
-            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        empty = 0
-        while it and empty < 3:
-            page = ddbstreams_client.get_records(ShardIterator=it, Limit=1000)
-            result.extend(r["dynamodb"]["SequenceNumber"] for r in page["Records"])
-            empty = 0 if page["Records"] else empty + 1
-            it = page.get("NextShardIterator")
-    return result
+    records = stream_records(ddbstreams_client, stream_arn)
+    return [r["dynamodb"]["SequenceNumber"] for r in records]
 
 
 def received(name: str) -> list[str]:

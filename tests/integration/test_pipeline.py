@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.integration.own_dynamodb import own_dynamodb_local
-from tests.integration.process import WorkerProcess, read_lines, wait_for
+from tests.integration.process import WorkerProcess, read_lines, stream_records, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,27 +66,15 @@ def audit_lines(path: Path) -> list[dict[str, Any]]:
 
 def stream_truth(ddb_streams, stream_arn: str) -> list[dict[str, Any]]:
     """Every record of the stream, read directly: the ground truth."""
-    truth = []
-    shards = ddb_streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
-    for shard in shards:
-        it = ddb_streams.get_shard_iterator(
-            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        empty = 0
-        while it and empty < 3:
-            page = ddb_streams.get_records(ShardIterator=it, Limit=1000)
-            for r in page["Records"]:
-                truth.append(
-                    {
-                        "id": r["eventID"],
-                        "seq": r["dynamodb"]["SequenceNumber"],
-                        "key": r["dynamodb"]["Keys"]["pk"]["S"],
-                        "name": r["eventName"],
-                    }
-                )
-            empty = 0 if page["Records"] else empty + 1
-            it = page.get("NextShardIterator")
-    return truth
+    return [
+        {
+            "id": r["eventID"],
+            "seq": r["dynamodb"]["SequenceNumber"],
+            "key": r["dynamodb"]["Keys"]["pk"]["S"],
+            "name": r["eventName"],
+        }
+        for r in stream_records(ddb_streams, stream_arn)
+    ]
 
 
 def checkpoints(db: Path) -> dict[str, int]:
