@@ -18,6 +18,7 @@ from fanout.delivery.private import private_parts
 from fanout.delivery.route import Route
 from fanout.delivery.telemetry import LaneTelemetry
 from fanout.delivery.windows import WindowLane
+from fanout.filters import compile_split
 from fanout.observe.metrics import Metrics
 from fanout.progress.store import WindowState
 from fanout.progress.tracker import ShardProgress
@@ -91,6 +92,8 @@ class ShardDispatch:
         self._filtered = [
             metrics.sink_records.labels(stream, route.name, "filtered") for route in routes
         ]
+        # every sink's filter in one pass over a page (the same function for every shard)
+        self._split = compile_split(tuple(route.predicate for route in routes))
 
     async def submit(
         self,
@@ -113,13 +116,10 @@ class ShardDispatch:
             ticket.reread = reread
         if not _all_well_formed(records):
             records = await self._set_aside_malformed(records)
-        parts: list[list[Record]] = []
-        for route, filtered in zip(self.routes, self._filtered, strict=True):
-            predicate = route.predicate
-            matched = records if predicate is None else list(filter(predicate, records))
+        parts = self._split(records)
+        for matched, filtered in zip(parts, self._filtered, strict=True):
             if len(matched) != len(records):
                 filtered.inc(len(records) - len(matched))
-            parts.append(matched)
         if self._private:
             parts = private_parts(parts, self._private)
         for lane, part in zip(self.lanes, parts, strict=True):

@@ -21,7 +21,9 @@ Modules:
   ``Leaf``, one field's tests compiled into one;
 * ``fanout.filters.patterns``: the pattern parser and validator, and the ``$or`` expansion;
 * ``fanout.filters.compiler``: branches compiled into walkers, and the faithful search;
-* this module: the API (``compile_pattern``, ``compile_filters``, ``matches``).
+* ``fanout.filters.split``: every sink's patterns written out as one pass over a page;
+* this module: the API (``compile_pattern``, ``compile_filters``, ``compile_split``,
+  ``matches``).
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from fanout.filters.patterns import (
     EXTENSION_OPERATORS,
     MAX_FIELDS_PER_BRANCH,
     MAX_OR_BRANCHES,
+    Branch,
     expand,
     join,
     parse_object,
 )
+from fanout.filters.split import compile_split, register
 from fanout.filters.text import Predicate
 from fanout.filters.values import describe
 from fanout.records import Record
@@ -50,11 +54,12 @@ __all__ = [
     "MAX_OR_BRANCHES",
     "compile_filters",
     "compile_pattern",
+    "compile_split",
     "matches",
 ]
 
 
-def _branches(pattern: Any, path: str) -> list[Predicate]:
+def _branches(pattern: Any, path: str) -> list[tuple[Branch, Predicate, bool]]:
     if isinstance(pattern, str):
         try:
             pattern = json.loads(pattern)
@@ -78,11 +83,18 @@ def _branches(pattern: Any, path: str) -> list[Predicate]:
                 f"a pattern may constrain at most {MAX_FIELDS_PER_BRANCH} fields"
                 " per $or combination",
             )
-    return [compile_branch(branch) for branch in branches]
+    return [(branch, *compile_branch(branch)) for branch in branches]
 
 
-def _any(predicates: list[Predicate]) -> Callable[[Record], bool]:
-    """OR the branch predicates (which expect a dict) into one record predicate."""
+def _any(branches: list[tuple[Branch, Predicate, bool]]) -> Callable[[Record], bool]:
+    """OR the branch predicates (which expect a dict) into one record predicate, and let
+    ``compile_split`` know how to write it out."""
+    predicate = _or([fn for _, fn, _ in branches])
+    register(predicate, [branch for branch, _, _ in branches], any(a for _, _, a in branches))
+    return predicate
+
+
+def _or(predicates: list[Predicate]) -> Callable[[Record], bool]:
     if len(predicates) == 1:
         (only,) = predicates
         if tests_type(only):
@@ -145,10 +157,10 @@ def compile_filters(
         raise ConfigError(
             path, "must hold at least one pattern; leave filters out to pass every record"
         )
-    predicates: list[Predicate] = []
+    branches: list[tuple[Branch, Predicate, bool]] = []
     for index, pattern in enumerate(patterns):
-        predicates.extend(_branches(pattern, f"{path}[{index}]"))
-    return _any(predicates)
+        branches.extend(_branches(pattern, f"{path}[{index}]"))
+    return _any(branches)
 
 
 def matches(pattern: Any, event: Any) -> bool:

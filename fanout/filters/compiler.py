@@ -23,6 +23,7 @@ class _Missing:
 
 
 _MISSING: Final = _Missing()
+MISSING: Final = _MISSING  # what a leaf function is given for a field that is not there
 
 
 class _NeedFaithful(Exception):
@@ -332,7 +333,14 @@ def _faithful_search(
 # Branches
 
 
-def compile_branch(branch: Branch) -> Predicate:
+def leaf_fn(leaf: Leaf) -> Predicate:
+    """The test of the value at a leaf's path (``MISSING`` when the field is not there)."""
+    return _leaf_fn(leaf)
+
+
+def compile_branch(branch: Branch) -> tuple[Predicate, bool]:
+    """The walker of one branch, and whether it needs a field to be absent (``exists:
+    false`` somewhere, or a path that is both a value and an object)."""
     trie = _Trie()
     for path, leaf in branch.values():
         node = trie
@@ -343,7 +351,7 @@ def compile_branch(branch: Branch) -> Predicate:
     assert root.obj is not None
     fast = root.obj
     if not root.absence:
-        return fast
+        return fast, False
     fields = tuple(
         (path, leaf.value_test(), leaf.absent_ok)
         for name, (path, leaf) in sorted(branch.items(), key=lambda item: utf16_key(item[0]))
@@ -355,4 +363,4 @@ def compile_branch(branch: Branch) -> Predicate:
         except _NeedFaithful:
             return _faithful_search(fields, 0, e, {})
 
-    return with_fallback
+    return with_fallback, True

@@ -245,6 +245,8 @@ def _parse_operator(item: dict[Any, Any], path: str, leaf: Leaf) -> None:
         leaf.string_tests.append(wildcard_test(parse_wildcard(text, op_path)))
     elif name == "anything-but":
         leaf.any_tests.append(_parse_anything_but(arg, op_path))
+        if isinstance(arg, str) or (isinstance(arg, list) and all(isinstance(v, str) for v in arg)):
+            leaf.excluded.append(frozenset([arg] if isinstance(arg, str) else arg))
     elif name == "numeric":
         parsed = parse_range(arg, op_path, aws_number)
         if isinstance(parsed, tuple):

@@ -258,6 +258,7 @@ class Leaf:
         "absent_ok",
         "any_tests",
         "big_ints",
+        "excluded",
         "exists",
         "false_ok",
         "ignore_case",
@@ -290,6 +291,8 @@ class Leaf:
         self.string_tests: list[Callable[[str], bool]] = []
         self.number_tests: list[Callable[[float], bool]] = []
         self.any_tests: list[Predicate] = []
+        # the strings of each anything-but of plain strings among any_tests
+        self.excluded: list[frozenset[str]] = []
 
     def add_literal(self, value: Any) -> None:
         if value is None:
@@ -332,6 +335,30 @@ class Leaf:
         ):
             return None
         return frozenset(self.strings)
+
+    def excluded_set(self) -> frozenset[str] | None:
+        """The excluded strings when the field's one test is anything-but plain strings: a
+        string passes unless it is one of them (other values: see ``value_test``)."""
+        if len(self.any_tests) != 1 or len(self.excluded) != 1:
+            return None
+        if (
+            self.exists
+            or self.absent_ok
+            or self.strings
+            or self.ips
+            or self.numbers
+            or self.big_ints
+            or self.true_ok
+            or self.false_ok
+            or self.null_ok
+            or self.prefixes
+            or self.suffixes
+            or self.ignore_case
+            or self.string_tests
+            or self.number_tests
+        ):
+            return None
+        return self.excluded[0]
 
     def string_test(self) -> Callable[[str], bool] | None:
         """The test of a string value when the field accepts strings only (and needs one)."""
