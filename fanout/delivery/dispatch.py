@@ -116,7 +116,11 @@ class ShardDispatch:
             ticket.reread = reread
         if not _all_well_formed(records):
             records = await self._set_aside_malformed(records)
-        parts = self._split(records)
+        parts, unrouted = self._split(records)
+        if unrouted:
+            # The records no sink takes live as long as the page's ticket, and are freed
+            # with the rest of the page (docs/performance.md, section 7).
+            ticket.unrouted = unrouted
         for matched, filtered in zip(parts, self._filtered, strict=True):
             if len(matched) != len(records):
                 filtered.inc(len(records) - len(matched))

@@ -36,7 +36,7 @@ from fanout.filters.patterns import Branch
 from fanout.records import Record
 
 RecordTest = Callable[[Record], bool]
-Split = Callable[[list[Record]], list[list[Record]]]
+Split = Callable[[list[Record]], tuple[list[list[Record]], list[Record]]]
 
 # A sink's plan: its branches (any one matching lets a record through), each the fields it
 # tests as (path, leaf function, strings, excluded): a string value passes when it is one of
@@ -90,24 +90,31 @@ def compile_split(predicates: tuple[RecordTest | None, ...]) -> Split:
         predicates: one per sink, in order; None lets every record through.
 
     Returns:
-        ``split(records)``: one list per predicate, in order, each in the page's order. For
-        a None predicate it is ``records`` itself.
+        ``split(records)``: one list per predicate, in order, each in the page's order (for
+        a None predicate it is ``records`` itself); and the records no predicate lets
+        through when every predicate is written out (else an empty list).
     """
     planned: list[tuple[int, RecordTest]] = []
     others: list[tuple[int, RecordTest]] = []
     for i, predicate in enumerate(predicates):
         if predicate is not None:
             (planned if predicate in _PLANS else others).append((i, predicate))
-    loop = _written_out([predicate for _, predicate in planned]) if planned else None
+    # Every sink written out: the loop also gathers the records no sink takes.
+    unrouted = bool(planned) and len(planned) == len(predicates)
+    loop = _written_out([p for _, p in planned], unrouted) if planned else None
 
-    def split(records: list[Record]) -> list[list[Record]]:
+    def split(records: list[Record]) -> tuple[list[list[Record]], list[Record]]:
         parts: list[list[Record]] = [records] * len(predicates)
+        rest: list[Record] = []
         if loop is not None:
-            for (i, _), part in zip(planned, loop(records), strict=True):
+            found = loop(records)
+            if unrouted:
+                rest = found.pop()
+            for (i, _), part in zip(planned, found, strict=True):
                 parts[i] = part
         for i, predicate in others:
             parts[i] = list(filter(predicate, records))
-        return parts
+        return parts, rest
 
     return split
 
@@ -126,7 +133,10 @@ class _Node:
         self.children: dict[str, _Node] = {}
 
 
-def _written_out(predicates: list[RecordTest]) -> Callable[[list[Record]], list[list[Record]]]:
+def _written_out(
+    predicates: list[RecordTest], unrouted: bool
+) -> Callable[[list[Record]], list[list[Record]]]:
+    """The loop: one list per predicate, then (``unrouted``) the records none lets through."""
     plans = [_PLANS[p] for p in predicates]
     root = _Node("r", 0)
     count = 0
@@ -234,6 +244,10 @@ def _written_out(predicates: list[RecordTest]) -> Callable[[list[Record]], list[
         namespace[f"p{s}"] = predicates[s]
     lines = ["def split(records):"]
     lines += [f"    out{s} = []; add{s} = out{s}.append" for s in sinks]
+    outs = [f"out{s}" for s in sinks]
+    if unrouted:
+        lines.append("    rest = []; keep = rest.append")
+        outs.append("rest")
     lines += ["    for r in records:", "        try:"]
     lines += ["            if type(r) is not dict:", "                raise _Fallback"]
     lines += [f"            h{s} = False" for s in sinks]
@@ -241,7 +255,11 @@ def _written_out(predicates: list[RecordTest]) -> Callable[[list[Record]], list[
     lines += ["        except _Fallback:"]
     lines += [f"            h{s} = p{s}(r)" for s in sinks]
     lines += [f"        if h{s}:\n            add{s}(r)" for s in sinks]
-    lines.append(f"    return [{', '.join(f'out{s}' for s in sinks)}]")
+    if unrouted:
+        lines.append(
+            f"        if not ({' or '.join(f'h{s}' for s in sinks)}):\n            keep(r)"
+        )
+    lines.append(f"    return [{', '.join(outs)}]")
     source = "\n".join(lines) + "\n"
     # Field names, value sets and functions reach the loop as variables of its namespace,
     # never as source text.

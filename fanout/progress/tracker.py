@@ -63,7 +63,7 @@ class Ticket:
     malformed, nothing read before): settling it leaves the frontier where it is.
     """
 
-    __slots__ = ("last_seq", "pending", "reread", "shard", "weight")
+    __slots__ = ("last_seq", "pending", "reread", "shard", "unrouted", "weight")
 
     def __init__(self, shard: ShardProgress, last_seq: str | None, weight: int = 0) -> None:
         self.shard = shard
@@ -72,6 +72,8 @@ class Ticket:
         # The page's records parsed again as they were read, for the retries of a sink
         # that changes its records (``fanout.delivery.private``); None: not kept.
         self.reread: Callable[[], list[Record]] | None = None
+        # Records of the page no sink takes: kept until the page is settled.
+        self.unrouted: list[Record] | None = None
         # Starts at 1: the reader holds the ticket open until it has handed the page to
         # every sink, so a quick sink cannot settle the page before a slow one received it.
         self.pending = 1
@@ -80,6 +82,7 @@ class Ticket:
         """``count`` deliveries of this page are done (delivered or dead-lettered)."""
         self.pending -= count
         if self.pending == 0:
+            self.unrouted = None
             if self.weight and self.shard.held is not None:
                 self.shard.held.release(self.weight)
             self.shard.advance()

@@ -14,6 +14,7 @@ import pytest
 
 from fanout.delivery import KeyedLane, Lane, ShardDispatch
 from fanout.delivery.deadletter import PartialDeadLetterError
+from fanout.filters import compile_filters
 from fanout.observe.metrics import Metrics
 from fanout.progress.tracker import ShardProgress
 from fanout.records import Record, deserialize_image
@@ -636,3 +637,29 @@ async def test_the_workers_cancellation_of_a_lane_is_not_taken_for_a_sink_failur
             tg.cancel_scope.cancel()
     assert not scope.cancelled_caught
     assert dlq.entries == []
+
+
+async def test_records_no_sink_takes_are_kept_with_their_page_until_it_is_settled():
+    # They are freed with the rest of the page, not one by one as the reader lets go of it.
+    released = anyio.Event()
+
+    class Held(ScriptedSink):
+        async def send(self, batch: Sequence[Record]) -> Failures:
+            await released.wait()
+            return await super().send(batch)
+
+    sink = Held()
+    route = make_route(sink, predicate=compile_filters([{"eventName": ["INSERT"]}]))
+    records = [rec(0), {**rec(1), "eventName": "MODIFY"}, rec(2), {**rec(3), "eventName": "REMOVE"}]
+    shard = progress()
+    dispatch = ShardDispatch(shard, [route], route.metrics)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatch.run)
+        await dispatch.submit(records, seq_of(3))
+        (ticket,) = shard.tickets
+        assert [id(r) for r in ticket.unrouted or []] == [id(records[1]), id(records[3])]
+        released.set()
+        dispatch.close()
+    assert ticket.unrouted is None
+    assert sink.delivered == [records[0], records[2]]
+    assert shard.frontier == seq_of(3)
