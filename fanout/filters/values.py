@@ -251,6 +251,28 @@ def extension_test(
 # One field's value tests together
 
 
+# The fields of a Leaf that hold its tests; a value passes when any of them accepts it.
+_TESTS: Final = (
+    "exists",
+    "absent_ok",
+    "strings",
+    "ips",
+    "numbers",
+    "big_ints",
+    "true_ok",
+    "false_ok",
+    "null_ok",
+    "prefixes",
+    "suffixes",
+    "ignore_case",
+    "string_tests",
+    "number_tests",
+    "any_tests",
+)
+# Those that accept strings only.
+_STRING_TESTS: Final = ("strings", "ips", "prefixes", "suffixes", "ignore_case", "string_tests")
+
+
 class Leaf:
     """Everything one field's value array accepts, gathered during validation."""
 
@@ -315,64 +337,26 @@ class Leaf:
             else:
                 self.numbers.add(number)
 
+    def _has_only(self, *allowed: str) -> bool:
+        """True when the field has no test but the ``allowed`` ones (``_TESTS`` names)."""
+        return not any(getattr(self, name) for name in _TESTS if name not in allowed)
+
     def string_set(self) -> frozenset[str] | None:
         """The accepted strings when the field accepts nothing but plain strings."""
-        if (
-            self.exists
-            or self.absent_ok
-            or self.ips
-            or self.numbers
-            or self.big_ints
-            or self.true_ok
-            or self.false_ok
-            or self.null_ok
-            or self.prefixes
-            or self.suffixes
-            or self.ignore_case
-            or self.string_tests
-            or self.number_tests
-            or self.any_tests
-        ):
+        if not self._has_only("strings"):
             return None
         return frozenset(self.strings)
 
     def excluded_set(self) -> frozenset[str] | None:
         """The excluded strings when the field's one test is anything-but plain strings: a
         string passes unless it is one of them (other values: see ``value_test``)."""
-        if len(self.any_tests) != 1 or len(self.excluded) != 1:
-            return None
-        if (
-            self.exists
-            or self.absent_ok
-            or self.strings
-            or self.ips
-            or self.numbers
-            or self.big_ints
-            or self.true_ok
-            or self.false_ok
-            or self.null_ok
-            or self.prefixes
-            or self.suffixes
-            or self.ignore_case
-            or self.string_tests
-            or self.number_tests
-        ):
+        if len(self.any_tests) != 1 or len(self.excluded) != 1 or not self._has_only("any_tests"):
             return None
         return self.excluded[0]
 
     def string_test(self) -> Callable[[str], bool] | None:
         """The test of a string value when the field accepts strings only (and needs one)."""
-        if (
-            self.exists
-            or self.absent_ok
-            or self.numbers
-            or self.big_ints
-            or self.true_ok
-            or self.false_ok
-            or self.null_ok
-            or self.number_tests
-            or self.any_tests
-        ):
+        if not self._has_only(*_STRING_TESTS):
             return None
         tests = self._string_tests()
         if not self.strings and len(tests) == 1:
