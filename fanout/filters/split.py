@@ -120,15 +120,13 @@ def compile_split(predicates: tuple[RecordTest | None, ...]) -> Split:
 
 
 class _Node:
-    """A field path read by the loop: how many conditions read it or below it."""
+    """A field path the loop reads: how many conditions read it or a field below it."""
 
-    __slots__ = ("children", "depth", "leaf_uses", "name", "string_uses", "uses")
+    __slots__ = ("children", "name", "string_uses", "uses")
 
-    def __init__(self, name: str, depth: int) -> None:
-        self.name = name  # the variable holding its value
-        self.depth = depth
+    def __init__(self, name: str) -> None:
+        self.name = name  # the variable holding its value (``r``: the record)
         self.uses = 0
-        self.leaf_uses = 0
         self.string_uses = 0  # conditions with a string set: ``<n>s`` tells if it is a str
         self.children: dict[str, _Node] = {}
 
@@ -137,132 +135,145 @@ def _written_out(
     predicates: list[RecordTest], unrouted: bool
 ) -> Callable[[list[Record]], list[list[Record]]]:
     """The loop: one list per predicate, then (``unrouted``) the records none lets through."""
-    plans = [_PLANS[p] for p in predicates]
-    root = _Node("r", 0)
-    count = 0
-    for plan in plans:
-        for branch in plan:
-            for path, _, strings, excluded in branch:
-                node = root
-                node.uses += 1
-                for key in path:
-                    child = node.children.get(key)
-                    if child is None:
-                        count += 1
-                        child = node.children[key] = _Node(f"n{count}", node.depth + 1)
-                    node = child
+    writer = _Writer([_PLANS[p] for p in predicates])
+    for s, predicate in enumerate(predicates):
+        writer.namespace[f"p{s}"] = predicate
+    # Field names, value sets and functions reach the loop as variables of its namespace,
+    # never as source text.
+    code = compile(writer.source(unrouted), "<fanout split>", "exec")
+    exec(code, writer.namespace)  # noqa: S102 - see above
+    split: Callable[[list[Record]], list[list[Record]]] = writer.namespace["split"]
+    return split
+
+
+class _Writer:
+    """Writes the loop's source for the sinks' plans, and the namespace it runs in."""
+
+    def __init__(self, plans: list[_Plan]) -> None:
+        self.plans = plans
+        self.namespace: dict[str, Any] = {
+            "_MISSING": MISSING,
+            "_EMPTY": _EMPTY,
+            "_Fallback": _Fallback,
+        }
+        self.keys: dict[tuple[str, ...], str] = {}
+        self.fields = 0
+        self.root = _Node("r")
+        count = 0
+        for plan in plans:
+            for branch in plan:
+                for path, _, strings, excluded in branch:
+                    node = self.root
                     node.uses += 1
-                node.leaf_uses += 1
-                if strings is not None or excluded is not None:
-                    node.string_uses += 1
+                    for key in path:
+                        child = node.children.get(key)
+                        if child is None:
+                            count += 1
+                            child = node.children[key] = _Node(f"n{count}")
+                        node = child
+                        node.uses += 1
+                    if strings is not None or excluded is not None:
+                        node.string_uses += 1
 
-    namespace: dict[str, Any] = {"_MISSING": MISSING, "_EMPTY": _EMPTY, "_Fallback": _Fallback}
-    body: list[str] = []
-    keys: dict[tuple[str, ...], str] = {}
+    def source(self, unrouted: bool) -> str:
+        body = self.shared(self.root, ())
+        for s, plan in enumerate(self.plans):
+            for b, branch in enumerate(plan):
+                block = [*self.branch(branch), f"h{s} = True", "break"]
+                if b == 0:
+                    body += ["while True:", *(f"    {line}" for line in block)]
+                else:  # tried only if no branch before it matched
+                    body += [f"if not h{s}:", "    while True:"]
+                    body += [f"        {line}" for line in block]
+        sinks = range(len(self.plans))
+        outs = [f"out{s}" for s in sinks] + (["rest"] if unrouted else [])
+        lines = ["def split(records):"]
+        lines += [f"    {out} = []; add_{out} = {out}.append" for out in outs]
+        lines += ["    for r in records:", "        try:"]
+        lines += ["            if type(r) is not dict:", "                raise _Fallback"]
+        lines += [f"            h{s} = False" for s in sinks]
+        lines += [f"            {line}" for line in body]
+        lines += ["        except _Fallback:"]
+        lines += [f"            h{s} = p{s}(r)" for s in sinks]
+        lines += [f"        if h{s}:\n            add_out{s}(r)" for s in sinks]
+        if unrouted:
+            taken = " or ".join(f"h{s}" for s in sinks)
+            lines.append(f"        if not ({taken}):\n            add_rest(r)")
+        lines.append(f"    return [{', '.join(outs)}]")
+        return "\n".join(lines) + "\n"
 
-    def key_name(path: tuple[str, ...]) -> str:
-        name = keys.get(path)
+    def key(self, path: tuple[str, ...]) -> str:
+        """The variable holding the last key of ``path``."""
+        name = self.keys.get(path)
         if name is None:
-            name = keys[path] = f"k{len(keys)}"
-            namespace[name] = path[-1]
+            name = self.keys[path] = f"k{len(self.keys)}"
+            self.namespace[name] = path[-1]
         return name
 
-    # Fields read by more than one condition: once per record, parents first. ``<n>`` holds
-    # the value, ``<n>d`` the object (``_EMPTY`` when missing or a scalar).
-    def shared(node: _Node, path: tuple[str, ...]) -> None:
+    def shared(self, node: _Node, path: tuple[str, ...]) -> list[str]:
+        """Fields below ``node`` read by more than one condition: read once per record,
+        parents first. ``<n>`` holds the value, ``<n>d`` the object (``_EMPTY`` when it is
+        missing or a scalar), ``<n>s`` whether it is a string."""
+        lines: list[str] = []
         for key, child in node.children.items():
             if child.uses < 2:
                 continue
             child_path = (*path, key)
-            parent = "r" if node is root else f"{node.name}d"
-            body.append(f"{child.name} = {parent}.get({key_name(child_path)}, _MISSING)")
+            parent = "r" if node is self.root else f"{node.name}d"
+            name = child.name
+            lines.append(f"{name} = {parent}.get({self.key(child_path)}, _MISSING)")
             if child.string_uses:
-                body.append(f"{child.name}s = type({child.name}) is str")
+                lines.append(f"{name}s = type({name}) is str")
             if any(grandchild.uses for grandchild in child.children.values()):
-                body.extend(
-                    [
-                        f"if type({child.name}) is dict:",
-                        f"    {child.name}d = {child.name}",
-                        f"elif type({child.name}) is list:",
-                        "    raise _Fallback",
-                        "else:",
-                        f"    {child.name}d = _EMPTY",
-                    ]
-                )
-            shared(child, child_path)
+                lines += [
+                    f"if type({name}) is dict:",
+                    f"    {name}d = {name}",
+                    f"elif type({name}) is list:",
+                    "    raise _Fallback",
+                    "else:",
+                    f"    {name}d = _EMPTY",
+                ]
+            lines += self.shared(child, child_path)
+        return lines
 
-    shared(root, ())
-
-    fields = 0
-    for s, plan in enumerate(plans):
-        for b, branch in enumerate(plan):
-            block: list[str] = []
-            for path, end, strings, excluded in branch:
-                fields += 1
-                node, depth = root, 0
-                while depth < len(path) and node.children[path[depth]].uses >= 2:
-                    node = node.children[path[depth]]
-                    depth += 1
-                if depth == len(path):
-                    value = node.name  # the value itself was read once for all
-                    is_str = f"{value}s"
-                else:
-                    walk_from = "r" if node is root else f"{node.name}d"
-                    for step in range(depth, len(path) - 1):
-                        block += [
-                            f"v = {walk_from}.get({key_name(path[: step + 1])}, _MISSING)",
-                            "if type(v) is not dict:",
-                            "    if type(v) is list:",
-                            "        raise _Fallback",
-                            "    break",
-                        ]
-                        walk_from = "v"
-                    block.append(f"v = {walk_from}.get({key_name(path)}, _MISSING)")
-                    value, is_str = "v", "type(v) is str"
-                namespace[f"end{fields}"] = end
-                if strings is not None or excluded is not None:
-                    namespace[f"strings{fields}"] = strings if strings is not None else excluded
-                    fails = "not in" if strings is not None else "in"
-                    block += [
-                        f"if {is_str}:",
-                        f"    if {value} {fails} strings{fields}:",
-                        "        break",
-                        f"elif not end{fields}({value}):",
+    def branch(self, branch: tuple[_Field, ...]) -> list[str]:
+        """One branch's conditions, each ending the enclosing ``while True`` (``break``)
+        when it fails."""
+        lines: list[str] = []
+        for path, end, strings, excluded in branch:
+            self.fields += 1
+            node, depth = self.root, 0
+            while depth < len(path) and node.children[path[depth]].uses >= 2:
+                node = node.children[path[depth]]
+                depth += 1
+            if depth == len(path):  # the value itself was read once for all
+                value, is_str = node.name, f"{node.name}s"
+            else:  # walk from the nearest shared object
+                walk_from = "r" if node is self.root else f"{node.name}d"
+                for step in range(depth, len(path) - 1):
+                    lines += [
+                        f"v = {walk_from}.get({self.key(path[: step + 1])}, _MISSING)",
+                        "if type(v) is not dict:",
+                        "    if type(v) is list:",
+                        "        raise _Fallback",
                         "    break",
                     ]
-                else:
-                    block += [f"if not end{fields}({value}):", "    break"]
-            block += [f"h{s} = True", "break"]
-            indent = "" if b == 0 else "    "
-            if b:
-                body.append(f"if not h{s}:")
-            body.append(f"{indent}while True:")
-            body += [f"{indent}    {line}" for line in block]
-
-    sinks = range(len(plans))
-    for s in sinks:
-        namespace[f"p{s}"] = predicates[s]
-    lines = ["def split(records):"]
-    lines += [f"    out{s} = []; add{s} = out{s}.append" for s in sinks]
-    outs = [f"out{s}" for s in sinks]
-    if unrouted:
-        lines.append("    rest = []; keep = rest.append")
-        outs.append("rest")
-    lines += ["    for r in records:", "        try:"]
-    lines += ["            if type(r) is not dict:", "                raise _Fallback"]
-    lines += [f"            h{s} = False" for s in sinks]
-    lines += [f"            {line}" for line in body]
-    lines += ["        except _Fallback:"]
-    lines += [f"            h{s} = p{s}(r)" for s in sinks]
-    lines += [f"        if h{s}:\n            add{s}(r)" for s in sinks]
-    if unrouted:
-        lines.append(
-            f"        if not ({' or '.join(f'h{s}' for s in sinks)}):\n            keep(r)"
-        )
-    lines.append(f"    return [{', '.join(outs)}]")
-    source = "\n".join(lines) + "\n"
-    # Field names, value sets and functions reach the loop as variables of its namespace,
-    # never as source text.
-    exec(compile(source, "<fanout split>", "exec"), namespace)  # noqa: S102 - see above
-    split: Callable[[list[Record]], list[list[Record]]] = namespace["split"]
-    return split
+                    walk_from = "v"
+                lines.append(f"v = {walk_from}.get({self.key(path)}, _MISSING)")
+                value, is_str = "v", "type(v) is str"
+            end_name = f"end{self.fields}"
+            self.namespace[end_name] = end
+            if strings is None and excluded is None:
+                lines += [f"if not {end_name}({value}):", "    break"]
+                continue
+            set_name = f"strings{self.fields}"
+            self.namespace[set_name] = strings if strings is not None else excluded
+            fails = "not in" if strings is not None else "in"
+            lines += [
+                f"if {is_str}:",
+                f"    if {value} {fails} {set_name}:",
+                "        break",
+                f"elif not {end_name}({value}):",
+                "    break",
+            ]
+        return lines
