@@ -53,9 +53,12 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
     from bench import sinks as bench_sinks
     from fanout.app import Worker
     from fanout.config import build_config
+    from fanout.observe import logs
     from fanout.runtime import tune_gc
 
     config = build_config(spec["config"], bench_sinks.registry())
+    # As ``fanout run`` logs: child.log then has each line's fields, not just its message.
+    logs.setup("text", spec["config"].get("log_level", "WARNING"))
     options = None
     if spec.get("min_poll_interval") is not None:
         from fanout.stream.reader import ReaderOptions
