@@ -55,7 +55,7 @@ class _Compiled:
         self.obj = obj  # for pure object nodes: the test of a dict value
 
 
-def _leaf_fn(leaf: Leaf) -> Predicate:
+def leaf_fn(leaf: Leaf) -> Predicate:
     """The node function of a leaf: takes the value at the leaf's path (or _MISSING)."""
     test = leaf.value_test()
     absent_ok = leaf.absent_ok
@@ -208,7 +208,7 @@ def _compile_node(node: _Trie) -> _Compiled:
     leaf = node.leaf
     if not children:
         assert leaf is not None
-        return _Compiled(_leaf_fn(leaf), leaf.absent_ok, leaf.absent_ok, None)
+        return _Compiled(leaf_fn(leaf), leaf.absent_ok, leaf.absent_ok, None)
     obj = _object_fn(children)
     if leaf is None:
         return _Compiled(_object_node(obj, empty_ok, absence), empty_ok, absence, obj)
@@ -331,11 +331,6 @@ def _faithful_search(
 
 # ---------------------------------------------------------------------------------------------
 # Branches
-
-
-def leaf_fn(leaf: Leaf) -> Predicate:
-    """The test of the value at a leaf's path (``MISSING`` when the field is not there)."""
-    return _leaf_fn(leaf)
 
 
 def compile_branch(branch: Branch) -> tuple[Predicate, bool]:

@@ -244,9 +244,10 @@ def _parse_operator(item: dict[Any, Any], path: str, leaf: Leaf) -> None:
         text = _string_operand(arg, op_path, "wildcard")
         leaf.string_tests.append(wildcard_test(parse_wildcard(text, op_path)))
     elif name == "anything-but":
-        leaf.any_tests.append(_parse_anything_but(arg, op_path))
-        if isinstance(arg, str) or (isinstance(arg, list) and all(isinstance(v, str) for v in arg)):
-            leaf.excluded.append(frozenset([arg] if isinstance(arg, str) else arg))
+        test, excluded = _parse_anything_but(arg, op_path)
+        leaf.any_tests.append(test)
+        if excluded is not None:
+            leaf.excluded.append(excluded)
     elif name == "numeric":
         parsed = parse_range(arg, op_path, aws_number)
         if isinstance(parsed, tuple):
@@ -274,20 +275,26 @@ def _parse_operator(item: dict[Any, Any], path: str, leaf: Leaf) -> None:
         )
 
 
-def _parse_anything_but(arg: Any, path: str) -> Predicate:
+def _not_among(excluded: frozenset[str]) -> Predicate:
+    return lambda v: not (type(v) is str and v in excluded)
+
+
+def _parse_anything_but(arg: Any, path: str) -> tuple[Predicate, frozenset[str] | None]:
+    """The test of an anything-but, and its strings when it excludes plain strings."""
     if isinstance(arg, str):
-        excluded_strings = frozenset({arg})
-        return lambda v: not (type(v) is str and v in excluded_strings)
+        excluded = frozenset({arg})
+        return _not_among(excluded), excluded
     if is_number(arg):
-        return _anything_but_numbers([aws_number(arg, path)])
+        return _anything_but_numbers([aws_number(arg, path)]), None
     if isinstance(arg, list):
         if not arg:
             raise ConfigError(path, "anything-but needs at least one value")
         if all(isinstance(v, str) for v in arg):
             excluded = frozenset(arg)
-            return lambda v: not (type(v) is str and v in excluded)
+            return _not_among(excluded), excluded
         if all(is_number(v) for v in arg):
-            return _anything_but_numbers([aws_number(v, f"{path}[{i}]") for i, v in enumerate(arg)])
+            numbers = [aws_number(v, f"{path}[{i}]") for i, v in enumerate(arg)]
+            return _anything_but_numbers(numbers), None
         for index, value in enumerate(arg):
             if not (isinstance(value, str) or is_number(value)):
                 raise ConfigError(
@@ -326,7 +333,7 @@ def _parse_anything_but(arg: Any, path: str) -> Predicate:
                 for i, t in enumerate(texts)
             ]
         excluded_test = any_of(tests)
-        return lambda v: not (type(v) is str and excluded_test(v))
+        return (lambda v: not (type(v) is str and excluded_test(v))), None
     raise ConfigError(
         path, f"anything-but takes a string, a number, an array or an object, got {describe(arg)}"
     )
