@@ -339,6 +339,10 @@ class LeaseCoordinator:
         """Scan, confirm, hand over, take and balance every renewal interval until
         cancelled, while a thread renews (heartbeats); lapsed leases are dropped the moment
         they lapse."""
+        # The last renewal was this worker's registration, before its sinks started (which
+        # may take seconds). Renew first: a lease taken in the first cycle would otherwise
+        # count on that old renewal and lapse before the thread's first beat.
+        await self.renew()
         self.heartbeat.start()
         try:
             async with anyio.create_task_group() as tasks:

@@ -430,3 +430,24 @@ async def test_the_heartbeat_thread_renews_while_the_loop_is_busy_and_stops_if_i
         assert store.workers["a"].heartbeat > stuck
     finally:
         await c.heartbeat.stop()
+
+
+async def test_leases_taken_after_a_slow_start_outlive_the_first_beat_of_the_thread(store, clock):
+    """Registration renews once; the sinks may then take seconds to start. The first cycle
+    must not take leases on that old renewal: they would lapse at the thread's first beat."""
+    import anyio
+
+    c, graph = await started(store, clock, "a")
+    clock.advance(5.5)  # the sinks took 5.5 s to start: 2.5 s of validity left
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(c.run)
+        with anyio.fail_after(5):
+            while len(graph.reading) < len(SHARDS):
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    # The thread's first beat, one renewal interval later, as it would write it.
+    clock.advance(DURATION / 3)
+    c.renewals.renewed(clock(), clock())
+    assert all(lease.valid() for lease in graph.reading.values())
+    c.holdings.expire()
+    assert graph.lost_ids == []
