@@ -233,6 +233,8 @@ class Lane:
         """Return once every record of ``batch`` (from the pages of ``segments``, if known)
         is delivered or dead-lettered."""
         route = self.route
+        if not self.progress.may_deliver():  # the shard's lease lapsed or moved: fail closed
+            await self.progress.lease_lost()
         # A sink that may change its records (``route.private``) changes only its own
         # (``fanout.delivery.private``); a retry or a dead-letter entry needs the batch as
         # it was: parsed again from its pages if they are kept, else kept here as bytes.

@@ -16,6 +16,7 @@ from fanout.delivery import KeyedLane, Lane, ShardDispatch
 from fanout.delivery.deadletter import PartialDeadLetterError
 from fanout.filters import compile_filters
 from fanout.observe.metrics import Metrics
+from fanout.progress.store import LeaseToken
 from fanout.progress.tracker import ShardProgress
 from fanout.records import Record, deserialize_image
 from fanout.sink import Failure, Failures
@@ -663,3 +664,42 @@ async def test_records_no_sink_takes_are_kept_with_their_page_until_it_is_settle
     assert ticket.unrouted is None
     assert sink.delivered == [records[0], records[2]]
     assert shard.frontier == seq_of(3)
+
+
+# -- leases -------------------------------------------------------------------------------------
+
+
+class LapsedLease:
+    """A lease whose renewals lapsed: nothing of its shard may reach a sink."""
+
+    token = LeaseToken("worker-a", 1)
+
+    def valid(self) -> bool:
+        return False
+
+    async def lost_wait(self) -> None:
+        await anyio.sleep_forever()
+
+
+@pytest.mark.parametrize("max_in_flight", [None, 1], ids=["idle gate", "gated"])
+async def test_a_lane_sends_nothing_of_a_shard_whose_lease_lapsed(max_in_flight):
+    # Records queued before the lease lapsed (a worker paused while its lanes held records)
+    # wait for the shard to be stopped; none reaches the sink, on the hot path either.
+    sink = ScriptedSink()
+    options = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
+    route = make_route(sink, **options)
+    shard = ShardProgress("orders", "arn", "shard-1", None, LapsedLease())
+    lane = Lane(route, shard)
+    assert route.gate.idle is (max_in_flight is None)
+    records = [rec(i) for i in range(3)]
+    ticket = shard.open(records[-1]["dynamodb"]["SequenceNumber"])
+    ticket.pending += len(records)
+    pending = ticket.pending
+    with anyio.move_on_after(0.2) as waited:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lane.run)
+            await lane.put(ticket, records)
+            lane.close()
+    assert waited.cancelled_caught  # still waiting for the shard to be stopped
+    assert sink.calls == []
+    assert ticket.pending == pending  # nothing settled
