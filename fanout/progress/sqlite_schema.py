@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 log = logging.getLogger("fanout.checkpoint")
@@ -122,9 +123,29 @@ def connect(path: Path, *, wal: bool = True) -> sqlite3.Connection:
         timeout=BUSY_TIMEOUT_S,
     )
     if wal:
-        db.execute("PRAGMA journal_mode=WAL")
+        use_wal(db)
     db.execute("PRAGMA synchronous=FULL")
     return db
+
+
+def use_wal(db: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_S) -> None:
+    """Switch the file to WAL mode, waiting up to ``timeout`` for other connections.
+
+    The switch needs the file to itself, and SQLite answers "database is locked" at once,
+    without the busy timeout, while another process opens a new file (two workers started
+    together). Once the file is in WAL mode the switch is a no-op.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def migrate(db: sqlite3.Connection, application: str, path: Path) -> None:

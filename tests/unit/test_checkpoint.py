@@ -145,3 +145,35 @@ async def test_the_database_and_its_wal_and_shm_are_readable_by_the_worker_only(
         await store.aclose()
     finally:
         os.umask(old)
+
+
+def _open_at(path: str, start: float) -> None:
+    import time
+    from pathlib import Path
+
+    from fanout.progress.sqlite_schema import connect
+
+    while time.time() < start:  # both at once, to the microsecond
+        pass
+    connect(Path(path)).close()
+
+
+def test_two_processes_opening_a_new_database_at_once_both_get_it(tmp_path):
+    # Both switch the new file to WAL mode, which SQLite refuses at once (no busy timeout)
+    # to the one that comes second: it waits and tries again.
+    import multiprocessing
+    import time
+
+    fork = multiprocessing.get_context("fork")
+    for attempt in range(12):
+        path = str(tmp_path / f"race{attempt}.db")
+        start = time.time() + 0.1
+        procs = [fork.Process(target=_open_at, args=(path, start)) for _ in range(2)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(30)
+        assert [proc.exitcode for proc in procs] == [0, 0], f"attempt {attempt}"
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        db.close()
