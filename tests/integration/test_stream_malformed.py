@@ -80,9 +80,13 @@ async def test_garbled_pages_are_retried_and_malformed_records_dead_lettered(
             assert run.sample("fanout_get_records_calls_total", outcome="malformed") == len(
                 GARBLED_PAGES
             )
-            assert (
-                run.sample("fanout_sink_records_total", sink="collect", outcome="dead_lettered")
-                == len(MALFORMED_RECORDS) + 1
+            # Counted once the write returned, a moment after its lines are in the file.
+            await wait_for(
+                lambda: (
+                    run.sample("fanout_sink_records_total", sink="collect", outcome="dead_lettered")
+                    == len(MALFORMED_RECORDS) + 1
+                ),
+                what="the dead-lettered records counted",
             )
             # The shard moves on: its checkpoint passes the last well-formed record.
             db = tmp_path / "fanout.db"
