@@ -43,9 +43,14 @@ typecheck: deps
 unit: deps
 	$(BIN)/pytest tests/unit -q
 
+# Test modules run in two processes (pytest-xdist), a module's tests in one of them: most
+# integration tests wait on workers and servers, so two share the machine's two cores well.
+TEST_PROCESSES ?= 2
+
 test: deps system-deps lint typecheck
 	$(BIN)/python -m fanout.testing.dynamodb_local fetch
-	$(BIN)/pytest -q -p no:cacheprovider --cov --cov-branch --cov-report=term --cov-fail-under=80
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile \
+	  --cov --cov-branch --cov-report=term --cov-fail-under=80
 
 bench: deps
 	$(BIN)/python -m bench
