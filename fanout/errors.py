@@ -101,7 +101,7 @@ class SinkUnavailable(FanoutError):
     is down or asked to be left alone); every record is retried.
 
     ``retry_after`` (seconds), when the destination said how long to wait: the sink is not
-    called again sooner.
+    called again sooner (an hour at most).
     """
 
     retryable = True

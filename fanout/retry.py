@@ -2,14 +2,18 @@
 
 One ``RetryPolicy`` object serves the stream reader's calls, checkpoint writes, dead-letter
 writes and sink retries; they differ only in their numbers. A server's ``Retry-After`` is a
-lower bound on the next delay, never shortened by jitter.
+lower bound on the next delay, never shortened by jitter, and is honoured up to an hour
+(``MAX_RETRY_AFTER_S``): a destination cannot stop a sink for longer by asking.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import anyio
@@ -21,6 +25,28 @@ T = TypeVar("T")
 # 2**62 times any sane initial delay is far past every cap; a larger exponent would only
 # overflow the float conversion when retries are unbounded (max_attempts: -1).
 _MAX_EXPONENT = 62
+
+MAX_RETRY_AFTER_S = 3600.0
+"""The longest pause a destination's answer (``Retry-After``, ``retry_after``) is granted."""
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """An HTTP ``Retry-After`` header in seconds (delay-seconds or an HTTP date), at most
+    ``MAX_RETRY_AFTER_S``; None if absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ class Failure:
             (the record goes to the dead-letter destination at once).
         reason: a short, human readable explanation; stored with the dead-lettered record.
         retry_after: seconds the destination asked to be left alone (an HTTP
-            ``Retry-After``); the sink is not called again sooner.
+            ``Retry-After``); the sink is not called again sooner (an hour at most).
     """
 
     retryable: bool

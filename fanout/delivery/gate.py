@@ -21,6 +21,7 @@ import anyio
 
 from fanout.isolation import contained, own_cancellation
 from fanout.records import Record
+from fanout.retry import MAX_RETRY_AFTER_S
 from fanout.sink import Failures, Sink
 
 Clock = Callable[[], float]
@@ -29,7 +30,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 def retry_after(answer: Failures | BaseException) -> float | None:
     """The pause (seconds) an answer asks for: the longest ``retry_after`` of its failures, or
-    the ``retry_after`` attribute of an exception; None when it asks for none."""
+    the ``retry_after`` attribute of an exception, at most ``MAX_RETRY_AFTER_S``; None when it
+    asks for none."""
     if isinstance(answer, BaseException):
         return _seconds(getattr(answer, "retry_after", None))
     longest: float | None = None
@@ -41,8 +43,9 @@ def retry_after(answer: Failures | BaseException) -> float | None:
 
 
 def _seconds(value: object) -> float | None:
+    # At most MAX_RETRY_AFTER_S: no answer, however hostile, stops a sink for longer.
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
+        return min(float(value), MAX_RETRY_AFTER_S)
     return None
 
 

@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import time
 from collections.abc import Sequence
-from email.utils import parsedate_to_datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -33,12 +32,12 @@ from pydantic import Field, SecretStr, field_validator
 from fanout.config.types import Duration
 from fanout.errors import ConfigError
 from fanout.records import Record, dumps_plain
+from fanout.retry import retry_after_seconds
 from fanout.sink import Failure, Failures, SinkContext, SinkType
 from sinks.notify.config import FormatConfig
 from sinks.notify.format import batch_id
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
-MAX_RETRY_AFTER_S = 3600.0
 _READ_LIMIT = 64 * 1024  # bytes of an answer read (kept whole, the connection is reused)
 _REASON_LIMIT = 200  # characters of an error answer kept in the failure reason
 _RESERVED = frozenset(
@@ -105,25 +104,6 @@ def signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256 of id.timestamp.body>``."""
     signed = f"{message_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """A ``Retry-After`` header in seconds (delay-seconds or an HTTP date), at most an hour;
-    None if absent or unreadable."""
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 class WebhookRejected(Exception):

@@ -10,10 +10,8 @@ blocks the event loop.
 from __future__ import annotations
 
 import base64
-import email.utils
 import re
 import ssl
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +24,7 @@ import yarl
 
 from fanout.aws.signer import Signer
 from fanout.errors import FanoutError, SinkUnavailable
+from fanout.retry import retry_after_seconds
 from fanout.sink import SinkContext
 from sinks.opensearch.config import BasicAuth, OpenSearchSinkConfig, SigV4Auth
 
@@ -64,7 +63,7 @@ class Response:
 
     def retry_after(self) -> float | None:
         """Seconds the server asked to wait (``Retry-After``: seconds or an HTTP date)."""
-        return parse_retry_after(self.headers.get("Retry-After"))
+        return retry_after_seconds(self.headers.get("Retry-After"))
 
     def error(self) -> str:
         """A short description of an error answer, for logs and exceptions."""
@@ -87,21 +86,6 @@ class Response:
         if isinstance(data, dict) and isinstance(data.get("error"), dict):
             return str(data["error"].get("type", ""))
         return ""
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds from now (never negative), or None."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def region_of(endpoint: str) -> str | None:

@@ -14,7 +14,7 @@ from fanout.delivery.gate import retry_after
 from fanout.errors import SinkUnavailable
 from fanout.observe.metrics import Metrics
 from fanout.records import Record
-from fanout.retry import RetryPolicy, no_wait
+from fanout.retry import MAX_RETRY_AFTER_S, RetryPolicy, no_wait
 from fanout.sink import Failure, Failures
 from tests.unit.delivery_fakes import (
     FakeClock,
@@ -255,6 +255,9 @@ def test_retry_after_is_read_from_failures_and_exceptions():
     for value in (True, -1, 0, "2", math.nan):
         odd.retry_after = value  # type: ignore[attr-defined]
         assert retry_after(odd) is None
+    # No answer stops a sink for longer than an hour, however long it asks for.
+    assert retry_after(SinkUnavailable("busy", retry_after=86_400 * 365)) == MAX_RETRY_AFTER_S
+    assert retry_after({0: Failure(True, "x", retry_after=math.inf)}) == MAX_RETRY_AFTER_S
 
 
 async def test_a_base_exception_from_a_sink_leaves_the_gate_as_call_crashed():

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import pytest
 
-from fanout.retry import RetryPolicy, no_wait
+from fanout.retry import MAX_RETRY_AFTER_S, RetryPolicy, no_wait, retry_after_seconds
 
 
 def test_retry_policy_ceiling_doubles_up_to_the_cap():
@@ -107,3 +109,19 @@ async def test_call_waits_at_least_the_retry_after_an_error_carries():
 
     await RetryPolicy(0.1, 0.2, sleep=sleep).call(fn, retry_on=(Busy,))
     assert slept == [2.5]
+
+
+def test_retry_after_is_read_as_seconds_or_a_date_and_capped():
+    assert retry_after_seconds("5") == 5.0
+    assert retry_after_seconds(" 0 ") == 0.0
+    assert retry_after_seconds("1.5") == 1.5
+    now = 1_800_000_000.0
+    date = format_datetime(datetime.fromtimestamp(now + 30, UTC), usegmt=True)
+    assert retry_after_seconds(date, now=now) == pytest.approx(30)
+    past = format_datetime(datetime.fromtimestamp(now - 30, UTC), usegmt=True)
+    assert retry_after_seconds(past, now=now) == 0.0
+    assert retry_after_seconds("86400") == MAX_RETRY_AFTER_S
+    assert retry_after_seconds("inf") == MAX_RETRY_AFTER_S
+    for unreadable in (None, "", "soon", "nan", "-3"):
+        assert retry_after_seconds(unreadable) in (None, 0.0)
+    assert retry_after_seconds("soon") is None

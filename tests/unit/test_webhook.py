@@ -1,19 +1,12 @@
-"""Webhook signing (Standard Webhooks), secrets and Retry-After, without a network."""
+"""Webhook signing (Standard Webhooks) and secrets, without a network."""
 
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
-from email.utils import format_datetime
 
 import pytest
 
-from sinks.notify.webhook import (
-    MAX_RETRY_AFTER_S,
-    retry_after_seconds,
-    signature,
-    signing_key,
-)
+from sinks.notify.webhook import signature, signing_key
 
 # The test vector published with the Standard Webhooks specification.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -36,21 +29,6 @@ def test_whsec_secrets_are_base64_keys_other_secrets_their_bytes():
     for bad in ("whsec_!!!", "whsec_", ""):
         with pytest.raises(ValueError, match="secret"):
             signing_key(bad)
-
-
-def test_retry_after_is_read_as_seconds_or_a_date_and_capped():
-    assert retry_after_seconds("5") == 5.0
-    assert retry_after_seconds(" 0 ") == 0.0
-    assert retry_after_seconds("1.5") == 1.5
-    now = 1_800_000_000.0
-    date = format_datetime(datetime.fromtimestamp(now + 30, UTC), usegmt=True)
-    assert retry_after_seconds(date, now=now) == pytest.approx(30)
-    past = format_datetime(datetime.fromtimestamp(now - 30, UTC), usegmt=True)
-    assert retry_after_seconds(past, now=now) == 0.0
-    assert retry_after_seconds("86400") == MAX_RETRY_AFTER_S
-    for unreadable in (None, "", "soon", "nan", "-3"):
-        assert retry_after_seconds(unreadable) in (None, 0.0)
-    assert retry_after_seconds("soon") is None
 
 
 def test_the_secret_and_credential_headers_are_masked_in_logs():
