@@ -233,8 +233,6 @@ class Lane:
         """Return once every record of ``batch`` (from the pages of ``segments``, if known)
         is delivered or dead-lettered."""
         route = self.route
-        if not self.progress.may_deliver():  # the shard's lease lapsed or moved: fail closed
-            await self.progress.lease_lost()
         # A sink that may change its records (``route.private``) changes only its own
         # (``fanout.delivery.private``); a retry or a dead-letter entry needs the batch as
         # it was: parsed again from its pages if they are kept, else kept here as bytes.
@@ -243,10 +241,8 @@ class Lane:
             again = Pristine(batch, segments)
         created = change_time(batch[0])
         # The hot path: one call (straight to the sink while its gate is idle), no failures.
-        if route.gate.idle:
-            failures, exc = await self._call(batch)
-        else:
-            failures, exc = await self.attempt(batch)
+        # Every send goes through ``attempt``, which checks the shard's lease first.
+        failures, exc = await self.attempt(batch)
         if exc is None and not failures:
             health = self.health
             if health.strikes:
